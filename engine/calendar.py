@@ -1,0 +1,186 @@
+"""A resource's calendar: working hours (recurring local-time rules) minus busy time.
+
+Busy time lives in an ``IntervalIndex`` so every conflict check is an O(log n + k) query.
+Internally spans are POSIX seconds (ints), which keeps the slot search free of datetime
+arithmetic on its hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from functools import lru_cache
+
+from engine.intervals import Interval, IntervalIndex
+from engine.model import Busy, BusyKind, Resource
+from engine.recurrence import Series
+from engine.timezones import day_bounds, local_date
+
+Span = tuple[int, int]  # [start, end) in POSIX seconds
+_MEMO_LIMIT = 64
+
+
+def seconds(instant: datetime) -> int:
+    return int(instant.timestamp())
+
+
+def instant(posix: int) -> datetime:
+    return datetime.fromtimestamp(posix, UTC)
+
+
+@lru_cache(maxsize=65_536)
+def day_span(day: date, zone_name: str) -> Span:
+    """A local calendar day as POSIX seconds (memoised: pure, and hot in capacity checks)."""
+    start, end = day_bounds(day, zone_name)
+    return seconds(start), seconds(end)
+
+
+class ResourceCalendar:
+    """Everything the engine knows about one resource's time."""
+
+    __slots__ = ("_busy", "_load", "_working", "_working_memo", "resource")
+
+    def __init__(
+        self,
+        resource: Resource,
+        working_hours: Iterable[Series],
+        busy: Iterable[Busy] = (),
+    ) -> None:
+        self.resource = resource
+        self._working = tuple(working_hours)
+        for series in self._working:
+            if series.zone != resource.zone:
+                raise ValueError(f"working hours of {resource.id} must be in {resource.zone}")
+        self._working_memo: dict[Span, list[Span]] = {}
+        self._busy: IntervalIndex[Busy] = IntervalIndex()
+        self._load: dict[date, tuple[int, int]] = {}
+        for entry in busy:
+            self.add(entry)
+
+    @property
+    def working_hours(self) -> tuple[Series, ...]:
+        return self._working
+
+    # --- busy time -------------------------------------------------------------------------
+    def add(self, entry: Busy) -> None:
+        self._busy.add(entry.interval, entry)
+        if entry.kind is BusyKind.BOOKING:
+            self._count(entry, +1)
+
+    def remove(self, entry: Busy) -> None:
+        self._busy.remove(entry.interval, entry)
+        if entry.kind is BusyKind.BOOKING:
+            self._count(entry, -1)
+
+    def _count(self, entry: Busy, sign: int) -> None:
+        day = local_date(entry.counted_start, self.resource.zone)
+        count, minutes = self._load.get(day, (0, 0))
+        self._load[day] = (count + sign, minutes + sign * entry.counted_minutes)
+
+    def conflicts(self, interval: Interval) -> list[Busy]:
+        """Busy entries overlapping ``interval``."""
+        return [busy for _, busy in self._busy.overlapping(interval)]
+
+    def busy_entries(self) -> list[Busy]:
+        return [busy for _, busy in self._busy]
+
+    # --- daily capacity --------------------------------------------------------------------
+    def load(self, day: date) -> tuple[int, int]:
+        """(appointments, minutes) booked on a local day of the resource's zone."""
+        return self._load.get(day, (0, 0))
+
+    def has_capacity(self, day: date, minutes: int) -> bool:
+        """Whether one more appointment of ``minutes`` fits the day's limits."""
+        count, booked = self.load(day)
+        cap, cap_minutes = self.resource.daily_capacity, self.resource.daily_minutes
+        return (cap is None or count + 1 <= cap) and (
+            cap_minutes is None or booked + minutes <= cap_minutes
+        )
+
+    def full_days(self, span: Span, minutes: int) -> list[Span]:
+        """Local days overlapping ``span`` on which an appointment of ``minutes`` won't fit."""
+        limits = self.resource.daily_capacity, self.resource.daily_minutes
+        if limits == (None, None):
+            return []
+        zone_name = self.resource.zone
+        first = local_date(instant(span[0]), zone_name)
+        last = local_date(instant(span[1]), zone_name)
+        full: list[Span] = []
+        if self.resource.daily_capacity == 0 or (
+            self.resource.daily_minutes is not None and self.resource.daily_minutes < minutes
+        ):
+            return [span]  # no day can take this appointment at all
+        for day in self._load:
+            if first <= day <= last and not self.has_capacity(day, minutes):
+                full.append(day_span(day, zone_name))
+        return full
+
+    # --- working hours and free time ---------------------------------------------------------
+    def working_spans(self, span: Span) -> list[Span]:
+        """Working time inside ``span``, merged and sorted (memoised per span)."""
+        memo = self._working_memo.get(span)
+        if memo is None:
+            window = Interval(instant(span[0]), instant(span[1]))
+            raw = sorted(
+                (max(seconds(o.start), span[0]), min(seconds(o.end), span[1]))
+                for series in self._working
+                for o in series.expand(window)
+            )
+            memo = _merge_spans(raw)
+            if len(self._working_memo) >= _MEMO_LIMIT:
+                self._working_memo.clear()
+            self._working_memo[span] = memo
+        return memo
+
+    def free_spans(self, span: Span) -> list[Span]:
+        """Working time inside ``span`` not covered by any busy entry."""
+        working = self.working_spans(span)
+        if not working:
+            return []
+        holes = [(int(a), int(b)) for a, b in self._busy.spans(span[0], span[1])]
+        return subtract_spans(working, holes)
+
+    def free(self, window: Interval) -> list[Interval]:
+        """Free intervals inside ``window``."""
+        return [
+            Interval(instant(a), instant(b))
+            for a, b in self.free_spans((seconds(window.start), seconds(window.end)))
+        ]
+
+    def works_through(self, interval: Interval) -> bool:
+        """Whether one stretch of working time covers all of ``interval``."""
+        lo, hi = seconds(interval.start), seconds(interval.end)
+        return any(a <= lo and hi <= b for a, b in self.working_spans((lo, hi)))
+
+
+def _merge_spans(spans: list[Span]) -> list[Span]:
+    merged: list[Span] = []
+    for a, b in spans:
+        if a >= b:
+            continue
+        if merged and a <= merged[-1][1]:
+            if b > merged[-1][1]:
+                merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def subtract_spans(base: list[Span], holes: list[Span]) -> list[Span]:
+    """``base`` (sorted, disjoint) minus ``holes`` (any order)."""
+    cuts = _merge_spans(sorted(holes))
+    out: list[Span] = []
+    j = 0
+    for a, b in base:
+        cursor = a
+        while j < len(cuts) and cuts[j][1] <= cursor:
+            j += 1
+        k = j
+        while k < len(cuts) and cuts[k][0] < b:
+            if cuts[k][0] > cursor:
+                out.append((cursor, cuts[k][0]))
+            cursor = max(cursor, cuts[k][1])
+            k += 1
+        if cursor < b:
+            out.append((cursor, b))
+    return out

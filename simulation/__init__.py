@@ -1,0 +1,1 @@
+"""The workbench: demand simulation, replay, DST sweeps, benchmarks and the `slotwise` CLI."""
