@@ -7,7 +7,7 @@ arithmetic on its hot path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
@@ -28,6 +28,17 @@ def instant(posix: int) -> datetime:
     return datetime.fromtimestamp(posix, UTC)
 
 
+_CHUNK = 7 * 86_400  # working hours are expanded (and memoised) a UTC week at a time
+
+
+@lru_cache(maxsize=16_384)
+def _expand_chunk(series: Series, chunk: int) -> tuple[Span, ...]:
+    """Occurrences of ``series`` overlapping one aligned week. Series are immutable values, so
+    the memo is shared by every calendar built from equal rules — across requests too."""
+    window = Interval(instant(chunk * _CHUNK), instant((chunk + 1) * _CHUNK))
+    return tuple((seconds(o.start), seconds(o.end)) for o in series.expand(window))
+
+
 @lru_cache(maxsize=65_536)
 def day_span(day: date, zone_name: str) -> Span:
     """A local calendar day as POSIX seconds (memoised: pure, and hot in capacity checks)."""
@@ -45,17 +56,26 @@ class ResourceCalendar:
         resource: Resource,
         working_hours: Iterable[Series],
         busy: Iterable[Busy] = (),
+        loads: Mapping[date, tuple[int, int]] | None = None,
     ) -> None:
+        """``loads`` gives (appointments, minutes) per local day when the caller counted them
+        elsewhere (a database aggregate over whole days); then the initial ``busy`` entries
+        are not counted again. Entries added later always count."""
         self.resource = resource
         self._working = tuple(working_hours)
         for series in self._working:
             if series.zone != resource.zone:
                 raise ValueError(f"working hours of {resource.id} must be in {resource.zone}")
         self._working_memo: dict[Span, list[Span]] = {}
-        self._busy: IntervalIndex[Busy] = IntervalIndex()
-        self._load: dict[date, tuple[int, int]] = {}
-        for entry in busy:
-            self.add(entry)
+        entries = list(busy)
+        self._busy: IntervalIndex[Busy] = IntervalIndex(
+            (entry.interval, entry) for entry in entries
+        )
+        self._load: dict[date, tuple[int, int]] = dict(loads or {})
+        if loads is None:
+            for entry in entries:
+                if entry.kind is BusyKind.BOOKING:
+                    self._count(entry, +1)
 
     @property
     def working_hours(self) -> tuple[Series, ...]:
@@ -120,13 +140,19 @@ class ResourceCalendar:
         """Working time inside ``span``, merged and sorted (memoised per span)."""
         memo = self._working_memo.get(span)
         if memo is None:
-            window = Interval(instant(span[0]), instant(span[1]))
-            raw = sorted(
-                (max(seconds(o.start), span[0]), min(seconds(o.end), span[1]))
+            raw = {
+                occurrence
                 for series in self._working
-                for o in series.expand(window)
+                for chunk in range(span[0] // _CHUNK, (span[1] - 1) // _CHUNK + 1)
+                for occurrence in _expand_chunk(series, chunk)
+            }
+            memo = _merge_spans(
+                sorted(
+                    (max(a, span[0]), min(b, span[1]))
+                    for a, b in raw
+                    if a < span[1] and b > span[0]
+                )
             )
-            memo = _merge_spans(raw)
             if len(self._working_memo) >= _MEMO_LIMIT:
                 self._working_memo.clear()
             self._working_memo[span] = memo

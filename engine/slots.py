@@ -289,11 +289,29 @@ def explain(
     day_lo, _ = day_span(day, rules.zone)
     if (seconds(start) - day_lo) % int(service.step.total_seconds()) or start.microsecond:
         return OffGrid(service.step)
+    outcome = free_candidates(service, calendars, start)
+    if not isinstance(outcome, list):
+        return outcome
+    assignment = match(outcome, [req.count for req in service.requirements])
+    if assignment is None:
+        return NoJointAssignment(tuple(range(len(service.requirements))))
+    return Offered(start, start + service.duration, tuple(assignment))
+
+
+Refusal = NoQualifiedResource | OutsideHours | Conflict | CapacityReached
+
+
+def free_candidates(
+    service: Service, calendars: Mapping[str, ResourceCalendar], start: datetime
+) -> list[list[str]] | Refusal:
+    """Per requirement, the ids of qualified resources free for a booking at ``start``
+    (working hours, busy time, daily capacity), or why some requirement has too few."""
     footprint = service.footprint(start)
     minutes = int(service.duration.total_seconds() // 60)
-    domains = candidates(service, calendars)
     free_ids: list[list[str]] = []
-    for index, (req, domain) in enumerate(zip(service.requirements, domains, strict=True)):
+    for index, (req, domain) in enumerate(
+        zip(service.requirements, candidates(service, calendars), strict=True)
+    ):
         if len(domain) < req.count:
             return NoQualifiedResource(index, _unqualified_detail(req, len(domain)))
         free: list[str] = []
@@ -321,10 +339,7 @@ def explain(
                 return CapacityReached(index, tuple(full))
             return OutsideHours(index, tuple(outside))
         free_ids.append(free)
-    assignment = match(free_ids, [req.count for req in service.requirements])
-    if assignment is None:
-        return NoJointAssignment(tuple(range(len(service.requirements))))
-    return Offered(start, start + service.duration, tuple(assignment))
+    return free_ids
 
 
 def _unqualified_detail(req: Requirement, found: int) -> str:

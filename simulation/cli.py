@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import typer
 
+from service.cli import infra_app, migrate_command, serve_command
+
 app = typer.Typer(
     name="slotwise",
     help="Slotwise: scheduling engine, booking service and workbench.",
@@ -17,6 +19,9 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: each prints one JSON line with a same-run baseline.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(infra_app, name="infra")
+app.command("migrate")(migrate_command)
+app.command("serve")(serve_command)
 
 
 @bench_app.command("engine")
@@ -25,11 +30,27 @@ def bench_engine(
     seed: int = typer.Option(1, help="Scenario seed."),
 ) -> None:
     """14-day availability (50 staff, 20 rooms, 3 zones, 2,000 bookings) vs brute force."""
-    import json
-
     from simulation.bench_engine import run
 
-    result = run(seed=seed)
+    _emit(run(seed=seed), json_output)
+
+
+@bench_app.command("booking")
+def bench_booking(
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON line only."),
+    bookings: int = typer.Option(2000, min=10, help="Hold + confirm attempts."),
+    concurrency: int = typer.Option(32, min=1, help="Concurrent clients."),
+    workers: int = typer.Option(2, min=1, help="Server worker processes."),
+) -> None:
+    """Hold + confirm over HTTP vs raw advisory-lock + insert transactions (same run)."""
+    from simulation.bench_booking import run
+
+    _emit(run(bookings=bookings, concurrency=concurrency, workers=workers), json_output)
+
+
+def _emit(result: dict[str, object], json_output: bool) -> None:
+    import json
+
     if json_output:
         typer.echo(json.dumps(result))
         return

@@ -1,0 +1,718 @@
+"""The HTTP edge: Litestar routes, authentication, and the one place errors become responses.
+
+`create_app(config)` wires everything (no globals, nothing at import time); `app_from_env()`
+is the factory `slotwise serve` hands to uvicorn for each worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.types import Message, Scope
+from redis.asyncio import Redis
+
+from engine.errors import InvalidInterval, InvalidModel, InvalidRecurrence, UnknownZone
+from engine.intervals import Interval
+from service import repository as repo
+from service.auth import Caller, bearer, is_admin, parse_token
+from service.booking import BookingService
+from service.catalog import CatalogService, valid_zone
+from service.db import Database, Idempotency
+from service.errors import PROBLEM_BASE, InvalidInput, ServiceError, Unauthorized
+from service.holds import HoldTokens, RedisHoldStore
+from service.schemas import (
+    ApiKeyIn,
+    BookingIn,
+    ExceptionIn,
+    HoldExtendIn,
+    HoldIn,
+    RescheduleIn,
+    ResourceIn,
+    SeriesIn,
+    ServiceIn,
+    TenantIn,
+    WorkingHoursIn,
+)
+
+log = logging.getLogger("slotwise.service")
+PROBLEM = "application/problem+json"
+MAX_BODY = 256 * 1024
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    app_database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    admin_key: str = field(repr=False)
+    hold_secret: bytes = field(repr=False)
+    clock: Callable[[], datetime] = utc_now
+    pool_min: int = 2
+    pool_max: int = 16
+    auth_cache_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.admin_key) < 24 or self.admin_key in {"changeme", "admin", "secret"}:
+            raise ValueError("the admin key must be a real secret of at least 24 characters")
+
+
+# --- dependencies -----------------------------------------------------------------------------
+class Authenticator:
+    """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
+    security-definer function; answers are cached for a second, which bounds how long a
+    revoked key keeps working on another worker."""
+
+    def __init__(self, db: Database, admin_key: str, ttl: float) -> None:
+        self.db = db
+        self.admin_key = admin_key
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+
+    async def __call__(self, header: str | None) -> Caller:
+        token = bearer(header)
+        if is_admin(token, self.admin_key):
+            return Caller("admin", None, frozenset({"admin"}))
+        now = time.monotonic()
+        hit = self._cache.get(token)
+        if hit is not None and hit[0] > now:
+            caller = hit[1]
+        else:
+            prefix, digest = parse_token(token)
+            async with self.db.transaction(None) as conn:
+                row = await repo.authenticate(conn, prefix, digest)
+            caller = (
+                Caller(row["key_id"], row["tenant_id"], frozenset(row["scopes"])) if row else None
+            )
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[token] = (now + self.ttl, caller)
+        if caller is None:
+            raise Unauthorized("unknown or revoked API key")
+        return caller
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+async def provide_caller(request: Request[Any, Any, State]) -> Caller:
+    authenticator: Authenticator = request.app.state.authenticator
+    return await authenticator(request.headers.get("authorization"))
+
+
+def provide_request_id(request: Request[Any, Any, State]) -> str:
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request.scope["state"]["request_id"] = rid[:100]
+    return rid[:100]
+
+
+def booking(request: Request[Any, Any, State]) -> BookingService:
+    service: BookingService = request.app.state.booking
+    return service
+
+
+def catalog(request: Request[Any, Any, State]) -> CatalogService:
+    service: CatalogService = request.app.state.catalog
+    return service
+
+
+IdemKey = Annotated[
+    str | None, Parameter(header="Idempotency-Key", required=False, max_length=200, min_length=1)
+]
+
+
+def idem(key: str | None, request: Request[Any, Any, State], body: Any) -> Idempotency | None:
+    return Idempotency.of(key, request.method, request.url.path, msgspec.to_builtins(body))
+
+
+def respond(result: tuple[int, Any]) -> Response[Any]:
+    status, body = result
+    return Response(content=body, status_code=status)
+
+
+def window_of(start: datetime, end: datetime, field_name: str = "to") -> Interval:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidInput("from and to need a UTC offset", field=field_name)
+    try:
+        return Interval(start.astimezone(UTC), end.astimezone(UTC))
+    except InvalidInterval as exc:
+        raise InvalidInput(str(exc), field=field_name) from exc
+
+
+def instant(value: datetime, field_name: str) -> datetime:
+    if value.tzinfo is None:
+        raise InvalidInput(f"{field_name} needs a UTC offset", field=field_name)
+    return value.astimezone(UTC)
+
+
+# --- routes -----------------------------------------------------------------------------------
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/openapi.json", sync_to_thread=False, include_in_schema=False)
+def openapi_json(request: Request[Any, Any, State]) -> dict[str, Any]:
+    schema: dict[str, Any] = request.app.openapi_schema.to_schema()
+    return schema
+
+
+@post("/v1/tenants", status_code=201)
+async def create_tenant(
+    data: TenantIn, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> Response[Any]:
+    """Create a tenant and its first API key (admin key only). The key is shown once."""
+    return respond(
+        await catalog(request).create_tenant(caller, msgspec.to_builtins(data), request_id)
+    )
+
+
+@get("/v1/tenant")
+async def get_tenant(
+    caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """The calling key's tenant."""
+    return await catalog(request).get_tenant(caller, request_id)
+
+
+@post("/v1/api-keys", status_code=201)
+async def create_api_key(
+    data: ApiKeyIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Create a scoped API key (scope `manage`). The token is shown once."""
+    return respond(
+        await catalog(request).create_key(
+            caller, data.name, data.scopes, idem(idempotency_key, request, data), request_id
+        )
+    )
+
+
+@get("/v1/api-keys")
+async def list_api_keys(
+    caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> list[dict[str, Any]]:
+    """The tenant's API keys (never their secrets)."""
+    return await catalog(request).list_keys(caller, request_id)
+
+
+@delete("/v1/api-keys/{key_id:uuid}", status_code=204)
+async def revoke_api_key(
+    key_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> None:
+    """Revoke a key; it stops working within the auth cache's second."""
+    await catalog(request).revoke_key(caller, str(key_id), request_id)
+    request.app.state.authenticator.forget()
+
+
+@post("/v1/resources", status_code=201)
+async def create_resource(
+    data: ResourceIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Create a staff member, room or equipment, with working hours in its own zone."""
+    body = msgspec.to_builtins(data)
+    body["working_hours"] = [
+        {"starts_local": h.starts_local, "duration_minutes": h.duration_minutes, "rrule": h.rrule}
+        for h in data.working_hours
+    ]
+    return respond(
+        await catalog(request).create_resource(
+            caller, body, idem(idempotency_key, request, data), request_id
+        )
+    )
+
+
+@get("/v1/resources")
+async def list_resources(
+    caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> list[dict[str, Any]]:
+    """The tenant's resources."""
+    return await catalog(request).list_resources(caller, request_id)
+
+
+@get("/v1/resources/{resource_id:uuid}")
+async def get_resource(
+    resource_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """One resource with its working hours and exceptions."""
+    return await catalog(request).get_resource(caller, str(resource_id), request_id)
+
+
+@post("/v1/resources/{resource_id:uuid}/working-hours", status_code=201)
+async def add_working_hours(
+    resource_id: uuid.UUID,
+    data: WorkingHoursIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Add a recurring working-hours rule (local wall time in the resource's zone)."""
+    body = {
+        "starts_local": data.starts_local,
+        "duration_minutes": data.duration_minutes,
+        "rrule": data.rrule,
+    }
+    return respond(
+        await catalog(request).add_working_hours(
+            caller, str(resource_id), body, idem(idempotency_key, request, data), request_id
+        )
+    )
+
+
+@post("/v1/resources/{resource_id:uuid}/exceptions", status_code=201)
+async def add_exception(
+    resource_id: uuid.UUID,
+    data: ExceptionIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Add time off or external busy time."""
+    interval = window_of(data.start, data.end, "end")
+    return respond(
+        await catalog(request).add_exception(
+            caller,
+            str(resource_id),
+            data.kind,
+            interval,
+            data.note,
+            idem(idempotency_key, request, data),
+            request_id,
+        )
+    )
+
+
+@delete("/v1/resources/{resource_id:uuid}/exceptions/{exception_id:uuid}", status_code=204)
+async def delete_exception(
+    resource_id: uuid.UUID,
+    exception_id: uuid.UUID,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+) -> None:
+    """Remove an exception."""
+    await catalog(request).delete_exception(caller, str(resource_id), str(exception_id), request_id)
+
+
+@post("/v1/services", status_code=201)
+async def create_service(
+    data: ServiceIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Create a service: duration, buffers, slot step, requirements and rules."""
+    return respond(
+        await catalog(request).create_service(
+            caller, msgspec.to_builtins(data), idem(idempotency_key, request, data), request_id
+        )
+    )
+
+
+@get("/v1/services")
+async def list_services(
+    caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> list[dict[str, Any]]:
+    """The tenant's services."""
+    return await catalog(request).list_services(caller, request_id)
+
+
+@get("/v1/services/{service_id:uuid}")
+async def get_service(
+    service_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """One service."""
+    return await catalog(request).get_service(caller, str(service_id), request_id)
+
+
+@get("/v1/services/{service_id:uuid}/availability")
+async def get_availability(
+    service_id: uuid.UUID,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    start: Annotated[datetime, Parameter(query="from")],
+    end: Annotated[datetime, Parameter(query="to")],
+    zone: str | None = None,
+    resource_ids: Annotated[list[uuid.UUID] | None, Parameter(query="resource_id")] = None,
+) -> dict[str, Any]:
+    """Bookable starts in [from, to); `local_start` is shown in `zone` (default: the tenant's).
+    Live holds of other callers hide their time."""
+    if zone is not None:
+        valid_zone(zone)
+    pins = [str(r) for r in resource_ids or []]
+    return await booking(request).availability(
+        caller, str(service_id), window_of(start, end), zone, pins, request_id
+    )
+
+
+@get("/v1/services/{service_id:uuid}/why-not")
+async def why_not(
+    service_id: uuid.UUID,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    start: datetime,
+    resource_ids: Annotated[list[uuid.UUID] | None, Parameter(query="resource_id")] = None,
+) -> dict[str, Any]:
+    """Why one start is (not) bookable: `reason` is available, outside_hours, conflict,
+    capacity_reached, lead_time, max_advance, blackout, off_grid, no_qualified_resource, or
+    no_joint_assignment."""
+    pins = [str(r) for r in resource_ids or []]
+    return await booking(request).why_not(
+        caller, str(service_id), instant(start, "start"), pins, request_id
+    )
+
+
+@post("/v1/holds", status_code=201)
+async def create_hold(
+    data: HoldIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Hold a slot on every resource it needs, atomically, for `ttl_seconds` (default 300).
+    `degraded: true` means the hold store was down: confirmation still works and stays safe."""
+    ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
+    body = await booking(request).create_hold(
+        caller, data.service_id, instant(data.start, "start"), data.resource_ids, ttl, request_id
+    )
+    return Response(content=body, status_code=201)
+
+
+@post("/v1/holds/{hold_id:str}/extend", status_code=200)
+async def extend_hold(
+    hold_id: str, data: HoldExtendIn, caller: Caller, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """Extend a live hold; returns the hold with its new id and expiry."""
+    ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
+    return await booking(request).extend_hold(caller, hold_id, ttl)
+
+
+@delete("/v1/holds/{hold_id:str}", status_code=204)
+async def release_hold(hold_id: str, caller: Caller, request: Request[Any, Any, State]) -> None:
+    """Release a hold early."""
+    await booking(request).release_hold(caller, hold_id)
+
+
+@post("/v1/bookings", status_code=201)
+async def create_booking(
+    data: BookingIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Confirm a hold (`hold_id`) or book directly (`service_id` + `start`). 409 with the
+    conflicting resource and interval when the slot is taken."""
+    return respond(
+        await booking(request).confirm(
+            caller,
+            hold_id=data.hold_id,
+            service_id=data.service_id,
+            start=instant(data.start, "start") if data.start else None,
+            pins=data.resource_ids,
+            customer=data.customer,
+            idem=idem(idempotency_key, request, data),
+            request_id=request_id,
+        )
+    )
+
+
+@get("/v1/bookings")
+async def list_bookings(
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    start: Annotated[datetime, Parameter(query="from")],
+    end: Annotated[datetime, Parameter(query="to")],
+    status: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:
+    """Bookings overlapping [from, to)."""
+    if status not in (None, "confirmed", "cancelled"):
+        raise InvalidInput("status is confirmed or cancelled", field="status")
+    return await booking(request).list_bookings(
+        caller, window_of(start, end), status, limit, request_id
+    )
+
+
+@get("/v1/bookings/{booking_id:uuid}")
+async def get_booking(
+    booking_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """One booking."""
+    return await booking(request).get_booking(caller, str(booking_id), request_id)
+
+
+@post("/v1/bookings/{booking_id:uuid}/cancel", status_code=200)
+async def cancel_booking(
+    booking_id: uuid.UUID,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Cancel a booking (subject to the cancellation cut-off); cancelling twice is a no-op."""
+    return respond(
+        await booking(request).cancel(
+            caller, str(booking_id), idem(idempotency_key, request, {}), request_id
+        )
+    )
+
+
+@post("/v1/bookings/{booking_id:uuid}/reschedule", status_code=201)
+async def reschedule_booking(
+    booking_id: uuid.UUID,
+    data: RescheduleIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Move a booking atomically: the old slot is kept unless the new one is booked."""
+    return respond(
+        await booking(request).reschedule(
+            caller,
+            str(booking_id),
+            instant(data.start, "start"),
+            data.resource_ids,
+            idem(idempotency_key, request, data),
+            request_id,
+        )
+    )
+
+
+@post("/v1/series", status_code=201)
+async def create_series(
+    data: SeriesIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Book a recurring series (RRULE in the series' zone): every occurrence in the horizon is
+    checked and booked on the same resources, or none is."""
+    if data.starts_local.tzinfo is not None:
+        raise InvalidInput("starts_local is a local wall time: no offset", field="starts_local")
+    if data.zone is not None:
+        valid_zone(data.zone)
+    horizon = timedelta(days=data.horizon_days) if data.horizon_days else None
+    return respond(
+        await booking(request).create_series(
+            caller,
+            service_id=data.service_id,
+            starts_local=data.starts_local,
+            zone=data.zone,
+            rrule=data.rrule,
+            pins=data.resource_ids,
+            customer=data.customer,
+            horizon=horizon,
+            idem=idem(idempotency_key, request, data),
+            request_id=request_id,
+        )
+    )
+
+
+@get("/v1/series/{series_id:uuid}")
+async def get_series(
+    series_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """A series with its occurrences."""
+    return await booking(request).get_series(caller, str(series_id), request_id)
+
+
+@post("/v1/series/{series_id:uuid}/cancel", status_code=200)
+async def cancel_series(
+    series_id: uuid.UUID,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Cancel a series and its occurrences that have not started."""
+    return respond(
+        await booking(request).cancel_series(
+            caller, str(series_id), idem(idempotency_key, request, {}), request_id
+        )
+    )
+
+
+@get("/v1/audit")
+async def audit_feed(
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    after_id: Annotated[int, Parameter(ge=0)] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The tenant's audit trail, oldest first, paged by `after_id`."""
+    return await catalog(request).audit_feed(caller, after_id, limit, request_id)
+
+
+# --- errors: the one place they become HTTP -------------------------------------------------
+def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response[Any]:
+    body = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return Response(content=body, status_code=status, media_type=PROBLEM)
+
+
+def on_service_error(_: Request[Any, Any, State], exc: ServiceError) -> Response[Any]:
+    return Response(content=exc.problem(), status_code=exc.status, media_type=PROBLEM)
+
+
+def on_engine_error(_: Request[Any, Any, State], exc: ValueError) -> Response[Any]:
+    return problem(422, "invalid-input", "Invalid input", str(exc))
+
+
+def on_http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[Any]:
+    slugs = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        extra["errors"] = exc.extra
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return problem(
+        exc.status_code, slugs.get(exc.status_code, "http-error"), detail, detail, **extra
+    )
+
+
+def on_unexpected(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    return problem(
+        500, "internal", "Internal error", "an unexpected error occurred; nothing was acknowledged"
+    )
+
+
+async def add_request_id(message: Message, scope: Scope) -> None:
+    if message["type"] == "http.response.start":
+        rid = scope.get("state", {}).get("request_id")
+        if rid:
+            message.setdefault("headers", [])
+            headers = list(message["headers"])
+            headers.append((b"x-request-id", rid.encode()))
+            message["headers"] = headers
+
+
+# --- wiring -----------------------------------------------------------------------------------
+def create_app(config: AppConfig) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        db = await Database.open(config.app_database_url, config.pool_min, config.pool_max)
+        redis = Redis.from_url(
+            config.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False
+        )
+        holds = RedisHoldStore(redis)
+        app.state.authenticator = Authenticator(db, config.admin_key, config.auth_cache_seconds)
+        app.state.booking = BookingService(db, holds, HoldTokens(config.hold_secret), config.clock)
+        app.state.catalog = CatalogService(db, config.clock)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await db.close()
+
+    return Litestar(
+        route_handlers=[
+            healthz,
+            openapi_json,
+            create_tenant,
+            get_tenant,
+            create_api_key,
+            list_api_keys,
+            revoke_api_key,
+            create_resource,
+            list_resources,
+            get_resource,
+            add_working_hours,
+            add_exception,
+            delete_exception,
+            create_service,
+            list_services,
+            get_service,
+            get_availability,
+            why_not,
+            create_hold,
+            extend_hold,
+            release_hold,
+            create_booking,
+            list_bookings,
+            get_booking,
+            cancel_booking,
+            reschedule_booking,
+            create_series,
+            get_series,
+            cancel_series,
+            audit_feed,
+        ],
+        dependencies={
+            "caller": Provide(provide_caller),
+            "request_id": Provide(provide_request_id, sync_to_thread=False),
+        },
+        exception_handlers={
+            ServiceError: on_service_error,
+            UnknownZone: on_engine_error,
+            InvalidRecurrence: on_engine_error,
+            InvalidInterval: on_engine_error,
+            InvalidModel: on_engine_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+        openapi_config=OpenAPIConfig(title="Slotwise booking API", version="1.0.0", path="/docs"),
+        lifespan=[lifespan],
+        before_send=[add_request_id],
+        request_max_body_size=MAX_BODY,
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """The app for `slotwise serve` workers, configured from the environment it sets."""
+    env = os.environ
+    return create_app(
+        AppConfig(
+            app_database_url=env["SLOTWISE_APP_DATABASE_URL"],
+            redis_url=env["SLOTWISE_REDIS_URL"],
+            admin_key=env["SLOTWISE_ADMIN_KEY"],
+            hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
+            pool_max=int(env.get("SLOTWISE_POOL_MAX", "16")),
+        )
+    )
+
+
+def new_secret() -> str:
+    return secrets.token_hex(32)

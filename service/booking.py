@@ -1,0 +1,880 @@
+"""Booking use cases: availability, holds, confirmation, cancel, reschedule, series.
+
+The three layers of DESIGN.md, none trusted alone:
+1. a hold in Redis (`service.holds`) makes contenders see the slot as taken;
+2. confirmation locks every resource with `pg_advisory_xact_lock` in one global order, then
+   re-reads the resources' calendars *under the lock* and asks the engine again (hours,
+   conflicts, capacity, rules, specialization) before inserting;
+3. the exclusion constraint on `booking_resources` refuses any overlap that slipped through,
+   and the violation becomes a 409.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from engine.calendar import ResourceCalendar, seconds
+from engine.intervals import Interval
+from engine.model import Busy, BusyKind, Requirement, Service
+from engine.recurrence import Series
+from engine.slots import (
+    BeyondMaxAdvance,
+    Blackout,
+    CapacityReached,
+    Conflict,
+    LeadTime,
+    NoJointAssignment,
+    NoQualifiedResource,
+    Offered,
+    OffGrid,
+    OutsideHours,
+    Verdict,
+    availability,
+    explain,
+    free_candidates,
+    match,
+)
+from engine.timezones import local_date, to_local
+from service import repository as repo
+from service.auth import Caller
+from service.db import Conn, Database, Idempotency, audit, claim, remember
+from service.errors import (
+    CapacityExceeded,
+    InvalidInput,
+    RuleViolation,
+    ServiceError,
+    SlotConflict,
+    SlotUnavailable,
+)
+from service.holds import (
+    Claim,
+    Hold,
+    HoldStore,
+    HoldStoreDown,
+    HoldTokens,
+    new_nonce,
+)
+
+log = logging.getLogger(__name__)
+
+Assignment = tuple[tuple[int, str], ...]  # (requirement index, resource id)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    hold_ttl: timedelta = timedelta(minutes=5)
+    max_hold_ttl: timedelta = timedelta(minutes=30)
+    max_window: timedelta = timedelta(days=62)
+    series_horizon: timedelta = timedelta(days=180)
+    max_series_occurrences: int = 400
+
+
+def iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def describe(verdict: Verdict) -> dict[str, Any]:
+    """A verdict as JSON: `reason` is stable and machine-readable."""
+    match verdict:
+        case Offered(start, end, assignment):
+            return {
+                "reason": "available",
+                "start": iso(start),
+                "end": iso(end),
+                "resources": [{"requirement": i, "resource_id": r} for i, r in assignment],
+            }
+        case LeadTime(earliest):
+            return {"reason": "lead_time", "earliest": iso(earliest)}
+        case BeyondMaxAdvance(latest):
+            return {"reason": "max_advance", "latest": iso(latest)}
+        case Blackout(day):
+            return {"reason": "blackout", "date": day.isoformat()}
+        case OffGrid(step):
+            return {"reason": "off_grid", "step_minutes": int(step.total_seconds() // 60)}
+        case NoQualifiedResource(requirement, detail):
+            return {"reason": "no_qualified_resource", "requirement": requirement, "detail": detail}
+        case OutsideHours(requirement, resource_ids):
+            return {
+                "reason": "outside_hours",
+                "requirement": requirement,
+                "resource_ids": list(resource_ids),
+            }
+        case Conflict(requirement, conflicts):
+            return {
+                "reason": "conflict",
+                "requirement": requirement,
+                "conflicts": [_busy_json(rid, busy) for rid, busy in conflicts],
+            }
+        case CapacityReached(requirement, resource_days):
+            return {
+                "reason": "capacity_reached",
+                "requirement": requirement,
+                "resources": [{"resource_id": r, "date": d.isoformat()} for r, d in resource_days],
+            }
+        case NoJointAssignment(requirements):
+            return {"reason": "no_joint_assignment", "requirements": list(requirements)}
+
+
+def _busy_json(resource_id: str, busy: Busy) -> dict[str, Any]:
+    return {
+        "resource_id": resource_id,
+        "kind": busy.kind.value,
+        "ref": busy.ref if busy.kind is not BusyKind.HOLD else None,
+        "start": iso(busy.interval.start),
+        "end": iso(busy.interval.end),
+    }
+
+
+def refuse(verdict: Verdict, what: str = "the slot") -> ServiceError:
+    """The error for a verdict that is not `Offered`."""
+    body = describe(verdict)
+    detail = f"{what} is not available: {body['reason'].replace('_', ' ')}"
+    match verdict:
+        case Conflict() | NoJointAssignment():
+            return SlotConflict(detail, why=body)
+        case CapacityReached():
+            return CapacityExceeded(detail, why=body)
+        case LeadTime() | BeyondMaxAdvance() | Blackout():
+            return RuleViolation(detail, why=body)
+        case _:
+            return SlotUnavailable(detail, why=body)
+
+
+def pinned_to(service: Service, assignment: Assignment) -> Service:
+    """The service with each requirement restricted to exactly the assigned resources."""
+    chosen: dict[int, set[str]] = {}
+    for index, rid in assignment:
+        chosen.setdefault(index, set()).add(rid)
+    reqs = tuple(
+        Requirement(r.kind, r.skills, r.count, frozenset(chosen.get(i, set())))
+        for i, r in enumerate(service.requirements)
+    )
+    return replace(service, requirements=reqs)
+
+
+class BookingService:
+    """The booking use cases; the HTTP layer only parses, calls one of these, and renders."""
+
+    def __init__(
+        self,
+        db: Database,
+        holds: HoldStore,
+        tokens: HoldTokens,
+        clock: Callable[[], datetime],
+        limits: Limits = Limits(),
+    ) -> None:
+        self.db = db
+        self.holds = holds
+        self.tokens = tokens
+        self.clock = clock
+        self.limits = limits
+
+    # --- reads ---------------------------------------------------------------------------------
+    async def availability(
+        self,
+        caller: Caller,
+        service_id: str,
+        window: Interval,
+        zone: str | None,
+        pins: Sequence[str],
+        request_id: str | None,
+    ) -> dict[str, Any]:
+        caller.require("read")
+        if window.duration > self.limits.max_window:
+            raise InvalidInput(
+                f"the window may span at most {self.limits.max_window.days} days", field="to"
+            )
+        now = self.clock()
+        async with self.db.transaction(caller.tenant) as conn:
+            record = await repo.get_service(conn, service_id)
+            svc = record.service
+            # Footprints of starts near `to` reach past it by the duration and buffers.
+            span = Interval(
+                window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
+            )
+            service, calendars = await self._calendars(conn, svc, span, pins)
+            await audit(
+                conn,
+                caller,
+                "availability.read",
+                "service",
+                service_id,
+                request_id,
+                {"from": iso(window.start), "to": iso(window.end)},
+            )
+        holds_seen = await self._add_live_holds(caller.tenant, calendars, window, service)
+        slots = availability(service, calendars, window, now, record.rules)
+        display = zone or record.rules.zone
+        return {
+            "service_id": service_id,
+            "zone": display,
+            "holds_considered": holds_seen,
+            "slots": [
+                {
+                    "start": iso(s.start),
+                    "end": iso(s.end),
+                    "local_start": to_local(s.start, display).isoformat(timespec="minutes"),
+                }
+                for s in slots
+            ],
+        }
+
+    async def why_not(
+        self,
+        caller: Caller,
+        service_id: str,
+        start: datetime,
+        pins: Sequence[str],
+        request_id: str | None,
+    ) -> dict[str, Any]:
+        caller.require("read")
+        now = self.clock()
+        async with self.db.transaction(caller.tenant) as conn:
+            record = await repo.get_service(conn, service_id)
+            window = record.service.footprint(start)
+            service, calendars = await self._calendars(conn, record.service, window, pins)
+            await audit(
+                conn,
+                caller,
+                "availability.explain",
+                "service",
+                service_id,
+                request_id,
+                {"start": iso(start)},
+            )
+        await self._add_live_holds(caller.tenant, calendars, window, service)
+        return describe(explain(service, calendars, start, now, record.rules))
+
+    # --- holds ---------------------------------------------------------------------------------
+    async def create_hold(
+        self,
+        caller: Caller,
+        service_id: str,
+        start: datetime,
+        pins: Sequence[str],
+        ttl: timedelta | None,
+        request_id: str | None,
+    ) -> dict[str, Any]:
+        caller.require("book")
+        ttl = ttl or self.limits.hold_ttl
+        if not timedelta(seconds=5) <= ttl <= self.limits.max_hold_ttl:
+            raise InvalidInput(
+                "ttl_seconds must be between 5 and"
+                f" {int(self.limits.max_hold_ttl.total_seconds())}",
+                field="ttl_seconds",
+            )
+        now = self.clock()
+        async with self.db.transaction(caller.tenant) as conn:
+            record = await repo.get_service(conn, service_id)
+            window = record.service.footprint(start)
+            service, calendars = await self._calendars(conn, record.service, window, pins)
+            await audit(
+                conn,
+                caller,
+                "hold.create",
+                "service",
+                service_id,
+                request_id,
+                {"start": iso(start)},
+            )
+        holds_seen = await self._add_live_holds(caller.tenant, calendars, window, service)
+        verdict = explain(service, calendars, start, now, record.rules)
+        if not isinstance(verdict, Offered):
+            raise refuse(verdict)
+        footprint = service.footprint(start)
+        claims = [
+            Claim(rid, seconds(footprint.start) * 1000, seconds(footprint.end) * 1000)
+            for _, rid in verdict.assignment
+        ]
+        nonce = new_nonce()
+        degraded = not holds_seen
+        if not degraded:
+            try:
+                clash = await self.holds.acquire(caller.tenant, nonce, claims, ttl)
+            except HoldStoreDown:
+                degraded = True
+            else:
+                if clash is not None:
+                    raise SlotConflict(
+                        "another caller holds this slot",
+                        why={
+                            "reason": "held",
+                            "resource_id": clash.resource_id,
+                            "start": iso(datetime.fromtimestamp(clash.start_ms / 1000, UTC)),
+                            "end": iso(datetime.fromtimestamp(clash.end_ms / 1000, UTC)),
+                        },
+                    )
+        hold = Hold(
+            caller.tenant,
+            caller.key_id,
+            nonce,
+            service_id,
+            start,
+            verdict.assignment,
+            now + ttl,
+            degraded,
+        )
+        return self._hold_json(hold)
+
+    async def release_hold(self, caller: Caller, hold_id: str) -> None:
+        caller.require("book")
+        hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, self.clock())
+        await self._release(hold, await self._footprint_of(hold))
+
+    async def extend_hold(
+        self, caller: Caller, hold_id: str, ttl: timedelta | None
+    ) -> dict[str, Any]:
+        caller.require("book")
+        ttl = ttl or self.limits.hold_ttl
+        if not timedelta(seconds=5) <= ttl <= self.limits.max_hold_ttl:
+            raise InvalidInput("ttl_seconds out of range", field="ttl_seconds")
+        now = self.clock()
+        hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now)
+        footprint = await self._footprint_of(hold)
+        if not hold.degraded:
+            try:
+                alive = await self.holds.extend(
+                    caller.tenant, hold.nonce, _claims(hold, footprint), ttl
+                )
+            except HoldStoreDown:
+                alive, hold = True, replace(hold, degraded=True)
+            if not alive:
+                raise SlotConflict("the hold is no longer live", why={"reason": "hold_gone"})
+        return self._hold_json(replace(hold, expires_at=now + ttl))
+
+    def _hold_json(self, hold: Hold) -> dict[str, Any]:
+        return {
+            "id": self.tokens.issue(hold),
+            "service_id": hold.service_id,
+            "start": iso(hold.start),
+            "expires_at": iso(hold.expires_at),
+            "resources": [{"requirement": i, "resource_id": r} for i, r in hold.resources],
+            "degraded": hold.degraded,
+        }
+
+    async def _footprint_of(self, hold: Hold) -> Interval:
+        async with self.db.transaction(hold.tenant_id) as conn:
+            record = await repo.get_service(conn, hold.service_id)
+        return record.service.footprint(hold.start)
+
+    async def _release(self, hold: Hold, footprint: Interval) -> None:
+        if hold.degraded:
+            return
+        try:
+            await self.holds.release(hold.tenant_id, hold.nonce, _claims(hold, footprint))
+        except HoldStoreDown:
+            log.warning("hold %s not released: the hold store is down (it will expire)", hold.nonce)
+
+    # --- bookings ------------------------------------------------------------------------------
+    async def confirm(
+        self,
+        caller: Caller,
+        *,
+        hold_id: str | None,
+        service_id: str | None,
+        start: datetime | None,
+        pins: Sequence[str],
+        customer: str,
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Book a held slot (``hold_id``) or a slot directly (``service_id`` + ``start``)."""
+        caller.require("book")
+        now = self.clock()
+        hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now) if hold_id else None
+        if hold is not None:
+            service_id, start, assignment = hold.service_id, hold.start, hold.resources
+        elif service_id is None or start is None:
+            raise InvalidInput("send either hold_id, or service_id and start", field="hold_id")
+        else:
+            assignment = None
+        async with self.db.transaction(caller.tenant) as conn:
+            replay = await claim(conn, caller.tenant, idem)
+            if replay is not None:
+                return replay
+            record = await repo.get_service(conn, service_id)
+            if assignment is None:
+                assignment = await self._assign(conn, record, start, pins, now)
+            booking = await self._book_locked(
+                conn, caller, record, start, assignment, now, customer, exclude=()
+            )
+            body = await repo.get_booking(conn, booking.id)
+            body = _booking_json(body)
+            await remember(conn, caller.tenant, idem, 201, body)
+            await audit(
+                conn,
+                caller,
+                "booking.create",
+                "booking",
+                booking.id,
+                request_id,
+                {"start": iso(start), "hold": hold is not None},
+            )
+        if hold is not None:
+            await self._release(hold, record.service.footprint(hold.start))
+        return 201, body
+
+    async def _assign(
+        self,
+        conn: Conn,
+        record: repo.ServiceRecord,
+        start: datetime,
+        pins: Sequence[str],
+        now: datetime,
+        exclude: Sequence[str] = (),
+    ) -> Assignment:
+        """Pick resources for a direct booking from a snapshot (re-checked under the lock)."""
+        service, calendars = await self._calendars(
+            conn, record.service, record.service.footprint(start), pins, exclude
+        )
+        verdict = explain(service, calendars, start, now, record.rules)
+        if not isinstance(verdict, Offered):
+            raise refuse(verdict)
+        return verdict.assignment
+
+    async def _book_locked(
+        self,
+        conn: Conn,
+        caller: Caller,
+        record: repo.ServiceRecord,
+        start: datetime,
+        assignment: Assignment,
+        now: datetime,
+        customer: str,
+        exclude: Sequence[str],
+        rescheduled_from: str | None = None,
+    ) -> repo.NewBooking:
+        """Lock the assigned resources, re-check everything under the lock, insert."""
+        resource_ids = [rid for _, rid in assignment]
+        await repo.lock_resources(conn, resource_ids)
+        service = pinned_to(record.service, assignment)
+        window = service.footprint(start)
+        resources = await repo.load_resources(conn, service, resource_ids)
+        calendars = await repo.load_calendars(conn, resources, window, exclude)
+        verdict = explain(service, calendars, start, now, record.rules)
+        if not isinstance(verdict, Offered):
+            raise refuse(verdict)
+        booking = _new_booking(
+            record, calendars, start, verdict.assignment, customer, caller.key_id, rescheduled_from
+        )
+        await self._insert(conn, caller.tenant, [booking])
+        return booking
+
+    async def _insert(
+        self, conn: Conn, tenant_id: str, bookings: Sequence[repo.NewBooking]
+    ) -> None:
+        try:
+            await repo.insert_bookings(conn, tenant_id, bookings)
+        except psycopg.errors.ExclusionViolation as exc:
+            # Layer 3 caught what layers 1 and 2 should have: still a conflict, never a 500.
+            raise SlotConflict(
+                "the slot was taken concurrently", why={"reason": "conflict", "layer": "constraint"}
+            ) from exc
+        except psycopg.errors.CheckViolation as exc:
+            raise SlotUnavailable(
+                str(exc.diag.message_primary), why={"reason": "specialization"}
+            ) from exc
+
+    async def get_booking(
+        self, caller: Caller, booking_id: str, request_id: str | None
+    ) -> dict[str, Any]:
+        caller.require("read")
+        async with self.db.transaction(caller.tenant) as conn:
+            row = await repo.get_booking(conn, booking_id)
+            await audit(conn, caller, "booking.read", "booking", booking_id, request_id)
+        return _booking_json(row)
+
+    async def list_bookings(
+        self,
+        caller: Caller,
+        window: Interval,
+        status: str | None,
+        limit: int,
+        request_id: str | None,
+    ) -> list[dict[str, Any]]:
+        caller.require("read")
+        async with self.db.transaction(caller.tenant) as conn:
+            rows = await repo.list_bookings(conn, window, status, limit)
+            await audit(
+                conn, caller, "booking.list", "booking", None, request_id, {"count": len(rows)}
+            )
+        return [_booking_json(r) for r in rows]
+
+    async def cancel(
+        self, caller: Caller, booking_id: str, idem: Idempotency | None, request_id: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        caller.require("book")
+        now = self.clock()
+        async with self.db.transaction(caller.tenant) as conn:
+            replay = await claim(conn, caller.tenant, idem)
+            if replay is not None:
+                return replay
+            booking = await repo.get_booking(conn, booking_id, for_update=True)
+            if booking["status"] == "confirmed":
+                record = await repo.get_service(conn, booking["service_id"])
+                cutoff = booking["starts_at"] - record.rules.cancel_cutoff
+                if now > cutoff:
+                    raise RuleViolation(
+                        "too late to cancel", why={"reason": "cancel_cutoff", "cutoff": iso(cutoff)}
+                    )
+                await repo.cancel_bookings(conn, [booking_id])
+                await audit(conn, caller, "booking.cancel", "booking", booking_id, request_id)
+            body = _booking_json(await repo.get_booking(conn, booking_id))
+            await remember(conn, caller.tenant, idem, 200, body)
+        return 200, body
+
+    async def reschedule(
+        self,
+        caller: Caller,
+        booking_id: str,
+        start: datetime,
+        pins: Sequence[str],
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Move a booking atomically: the old slot is released only if the new one is booked,
+        in the same transaction."""
+        caller.require("book")
+        now = self.clock()
+        async with self.db.transaction(caller.tenant) as conn:
+            replay = await claim(conn, caller.tenant, idem)
+            if replay is not None:
+                return replay
+            old = await repo.get_booking(conn, booking_id, for_update=True)
+            if old["status"] != "confirmed":
+                raise RuleViolation(
+                    "only a confirmed booking can be rescheduled", why={"reason": "not_confirmed"}
+                )
+            record = await repo.get_service(conn, old["service_id"])
+            cutoff = old["starts_at"] - record.rules.reschedule_cutoff
+            if now > cutoff:
+                raise RuleViolation(
+                    "too late to reschedule",
+                    why={"reason": "reschedule_cutoff", "cutoff": iso(cutoff)},
+                )
+            # Without pins, prefer the booking's own resources, then anyone qualified.
+            current = [r["resource_id"] for r in old["resources"]]
+            try:
+                assignment = await self._assign(
+                    conn, record, start, pins or current, now, exclude=[booking_id]
+                )
+            except ServiceError:
+                if pins:
+                    raise
+                assignment = await self._assign(conn, record, start, (), now, exclude=[booking_id])
+            # Lock the old resources first too: one global order is kept because
+            # lock_resources sorts, and re-locking a held advisory lock is a no-op.
+            await repo.lock_resources(conn, [*current, *(rid for _, rid in assignment)])
+            await repo.cancel_bookings(conn, [booking_id])
+            new = await self._book_locked(
+                conn,
+                caller,
+                record,
+                start,
+                assignment,
+                now,
+                old["customer"],
+                exclude=[booking_id],
+                rescheduled_from=booking_id,
+            )
+            body = _booking_json(await repo.get_booking(conn, new.id))
+            await remember(conn, caller.tenant, idem, 201, body)
+            await audit(
+                conn,
+                caller,
+                "booking.reschedule",
+                "booking",
+                new.id,
+                request_id,
+                {"from": booking_id},
+            )
+        return 201, body
+
+    # --- recurring series ----------------------------------------------------------------------
+    async def create_series(
+        self,
+        caller: Caller,
+        *,
+        service_id: str,
+        starts_local: datetime,
+        zone: str | None,
+        rrule: str,
+        pins: Sequence[str],
+        customer: str,
+        horizon: timedelta | None,
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Book every occurrence in the horizon on one set of resources — all or none.
+
+        Each occurrence is checked (hours, conflicts, capacity, rules) and protected by the
+        exclusion constraint, not only the first one.
+        """
+        caller.require("book")
+        now = self.clock()
+        horizon = horizon or self.limits.series_horizon
+        if not timedelta(days=1) <= horizon <= timedelta(days=730):
+            raise InvalidInput("horizon_days must be between 1 and 730", field="horizon_days")
+        async with self.db.transaction(caller.tenant) as conn:
+            replay = await claim(conn, caller.tenant, idem)
+            if replay is not None:
+                return replay
+            record = await repo.get_service(conn, service_id)
+            series_zone = zone or record.rules.zone
+            rule = Series(series_zone, starts_local, record.service.duration, rrule)
+            window = Interval(now, now + horizon)
+            occurrences = rule.expand(window, limit=self.limits.max_series_occurrences * 4)
+            occurrences = [o for o in occurrences if o.start >= now]
+            if not occurrences:
+                raise InvalidInput("the rule has no occurrence within the horizon", field="rrule")
+            if len(occurrences) > self.limits.max_series_occurrences:
+                raise InvalidInput(
+                    f"{len(occurrences)} occurrences; at most {self.limits.max_series_occurrences}",
+                    field="rrule",
+                )
+            span = Interval(
+                record.service.footprint(occurrences[0].start).start,
+                record.service.footprint(occurrences[-1].start).end,
+            )
+            service, calendars = await self._calendars(conn, record.service, span, pins)
+            assignment = _common_assignment(
+                service, calendars, [o.start for o in occurrences], now, record.rules
+            )
+            await repo.lock_resources(conn, [rid for _, rid in assignment])
+            pinned = pinned_to(record.service, assignment)
+            resources = await repo.load_resources(conn, pinned, [rid for _, rid in assignment])
+            calendars = await repo.load_calendars(conn, resources, span)
+            series_id = repo.new_id()
+            await repo.insert_series(
+                conn,
+                caller.tenant,
+                series_id,
+                service_id,
+                series_zone,
+                starts_local,
+                rrule,
+                window.end,
+                customer,
+            )
+            bookings = []
+            for occurrence in occurrences:
+                verdict = explain(pinned, calendars, occurrence.start, now, record.rules)
+                if not isinstance(verdict, Offered):
+                    raise refuse(verdict, f"occurrence {iso(occurrence.start)}")
+                booking = _new_booking(
+                    record, calendars, occurrence.start, verdict.assignment, customer, caller.key_id
+                )
+                booking = replace(
+                    booking, series_id=series_id, recurrence_id=occurrence.recurrence_id
+                )
+                for _, rid, footprint, _ in booking.resources:  # later occurrences see this one
+                    calendars[rid].add(
+                        Busy(
+                            footprint, booking.id, BusyKind.BOOKING, booking.start, booking.minutes
+                        )
+                    )
+                bookings.append(booking)
+            await self._insert(conn, caller.tenant, bookings)
+            body = await repo.get_series(conn, series_id)
+            body = _series_json(body)
+            await remember(conn, caller.tenant, idem, 201, body)
+            await audit(
+                conn,
+                caller,
+                "series.create",
+                "series",
+                series_id,
+                request_id,
+                {"occurrences": len(bookings)},
+            )
+        return 201, body
+
+    async def get_series(
+        self, caller: Caller, series_id: str, request_id: str | None
+    ) -> dict[str, Any]:
+        caller.require("read")
+        async with self.db.transaction(caller.tenant) as conn:
+            body = await repo.get_series(conn, series_id)
+            await audit(conn, caller, "series.read", "series", series_id, request_id)
+        return _series_json(body)
+
+    async def cancel_series(
+        self, caller: Caller, series_id: str, idem: Idempotency | None, request_id: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """Cancel the series and every occurrence not yet started."""
+        caller.require("book")
+        now = self.clock()
+        async with self.db.transaction(caller.tenant) as conn:
+            replay = await claim(conn, caller.tenant, idem)
+            if replay is not None:
+                return replay
+            await repo.get_series(conn, series_id)
+            cancelled = await repo.cancel_series(conn, series_id, now)
+            body = _series_json(await repo.get_series(conn, series_id))
+            await remember(conn, caller.tenant, idem, 200, body)
+            await audit(
+                conn,
+                caller,
+                "series.cancel",
+                "series",
+                series_id,
+                request_id,
+                {"cancelled": len(cancelled)},
+            )
+        return 200, body
+
+    # --- helpers -------------------------------------------------------------------------------
+    async def _calendars(
+        self,
+        conn: Conn,
+        service: Service,
+        window: Interval,
+        pins: Sequence[str],
+        exclude: Sequence[str] = (),
+    ) -> tuple[Service, dict[str, ResourceCalendar]]:
+        """``service`` with pinned resources applied, and calendars of its candidates only."""
+        resources = await repo.load_resources(conn, service)
+        if pins:
+            unknown = set(pins) - set(resources)
+            if unknown:
+                raise InvalidInput(
+                    "pinned resources that cannot serve this service (unknown, inactive or"
+                    " unqualified): " + ", ".join(sorted(unknown)),
+                    field="resource_ids",
+                )
+            service = replace(
+                service, requirements=repo.pin(service.requirements, resources.values(), pins)
+            )
+            resources = {
+                rid: r
+                for rid, r in resources.items()
+                if any(req.admits(r) for req in service.requirements)
+            }
+        return service, await repo.load_calendars(conn, resources, window, exclude)
+
+    async def _add_live_holds(
+        self,
+        tenant_id: str,
+        calendars: Mapping[str, ResourceCalendar],
+        window: Interval,
+        service: Service,
+    ) -> bool:
+        """Add other callers' live holds as busy time; False when the hold store is down."""
+        lo = seconds(window.start - service.buffer_before) * 1000
+        hi = seconds(window.end + service.duration + service.buffer_after) * 1000
+        try:
+            live = await self.holds.live_claims(tenant_id, list(calendars), lo, hi)
+        except HoldStoreDown:
+            return False
+        for rid, claims in live.items():
+            for start_ms, end_ms, nonce in claims:
+                span = Interval(
+                    datetime.fromtimestamp(start_ms / 1000, UTC),
+                    datetime.fromtimestamp(end_ms / 1000, UTC),
+                )
+                calendars[rid].add(Busy(span, nonce, BusyKind.HOLD))
+        return True
+
+
+def _claims(hold: Hold, footprint: Interval) -> list[Claim]:
+    lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
+    return [Claim(rid, lo, hi) for _, rid in hold.resources]
+
+
+def _new_booking(
+    record: repo.ServiceRecord,
+    calendars: Mapping[str, ResourceCalendar],
+    start: datetime,
+    assignment: Assignment,
+    customer: str,
+    created_by: str,
+    rescheduled_from: str | None = None,
+) -> repo.NewBooking:
+    service = record.service
+    footprint = service.footprint(start)
+    return repo.NewBooking(
+        id=repo.new_id(),
+        service_id=record.id,
+        start=start,
+        end=start + service.duration,
+        customer=customer,
+        created_by=created_by,
+        resources=tuple(
+            (index, rid, footprint, local_date(start, calendars[rid].resource.zone))
+            for index, rid in assignment
+        ),
+        minutes=int(service.duration.total_seconds() // 60),
+        rescheduled_from=rescheduled_from,
+    )
+
+
+def _common_assignment(
+    service: Service,
+    calendars: Mapping[str, ResourceCalendar],
+    starts: Sequence[datetime],
+    now: datetime,
+    rules: Any,
+) -> Assignment:
+    """One set of resources free at every start, or a 409 listing every failing occurrence."""
+    failures: list[dict[str, Any]] = []
+    common: list[set[str]] | None = None
+    for start in starts:
+        verdict = explain(service, calendars, start, now, rules)
+        if not isinstance(verdict, Offered):
+            failures.append({"start": iso(start), **describe(verdict)})
+            continue
+        free = free_candidates(service, calendars, start)
+        assert isinstance(free, list)  # explain offered it, so every requirement has enough
+        sets = [set(ids) for ids in free]
+        common = sets if common is None else [a & b for a, b in zip(common, sets, strict=True)]
+    if failures:
+        raise SlotConflict(
+            f"{len(failures)} of {len(starts)} occurrences cannot be booked",
+            why={"reason": "occurrences_unavailable", "occurrences": failures},
+        )
+    assert common is not None
+    assignment = match([sorted(ids) for ids in common], [r.count for r in service.requirements])
+    if assignment is None:
+        raise SlotConflict(
+            "every occurrence is bookable, but no one set of resources is free for all of them;"
+            " pin resource_ids or split the series",
+            why={"reason": "no_common_resources"},
+        )
+    return tuple(assignment)
+
+
+def _booking_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "service_id": row["service_id"],
+        "status": row["status"],
+        "start": iso(row["starts_at"]),
+        "end": iso(row["ends_at"]),
+        "customer": row["customer"],
+        "series_id": row["series_id"],
+        "recurrence_id": row["recurrence_id"].isoformat() if row["recurrence_id"] else None,
+        "resources": row["resources"],
+        "created_at": iso(row["created_at"]),
+        "cancelled_at": iso(row["cancelled_at"]) if row["cancelled_at"] else None,
+        "rescheduled_from": row["rescheduled_from"],
+    }
+
+
+def _series_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "service_id": row["service_id"],
+        "zone": row["zone"],
+        "starts_local": row["starts_local"].isoformat(),
+        "rrule": row["rrule"],
+        "status": row["status"],
+        "customer": row["customer"],
+        "horizon_until": iso(row["horizon_until"]),
+        "bookings": [_booking_json(b) for b in row["bookings"]],
+    }

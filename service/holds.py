@@ -1,0 +1,273 @@
+"""Tentative holds in Valkey/Redis: atomic across every resource a slot needs, TTL-bound.
+
+Layer 1 of the booking protocol. One Lua script checks every resource's live holds and takes
+them all, or none. Keys carry the tenant as a Redis Cluster hash tag, so one tenant's holds
+always live in one slot and the script stays single-shard.
+
+A hold's public id is a signed token that describes the hold (tenant, owner, service, start,
+resources, expiry). Confirmation reads the token, not Redis: if Redis is down, holds degrade
+(not exclusive any more) but confirmation still works through PostgreSQL's locks and
+constraint, which never trusted the hold anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from service.errors import HoldExpired, InvalidInput, Unauthorized
+
+# No footprint (service + buffers) is longer than this; the scan window for overlap relies on it.
+MAX_FOOTPRINT = timedelta(days=3)
+
+
+class HoldStoreDown(ConnectionError):
+    """Redis/Valkey could not be reached; callers degrade to the database layers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One resource's buffered footprint, in epoch milliseconds."""
+
+    resource_id: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldConflict:
+    resource_id: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a hold token says. `nonce` names the hold in Redis."""
+
+    tenant_id: str
+    owner: str
+    nonce: str
+    service_id: str
+    start: datetime
+    resources: tuple[tuple[int, str], ...]  # (requirement index, resource id)
+    expires_at: datetime
+    degraded: bool = False  # taken while Redis was down: not exclusive
+
+
+class HoldStore(Protocol):
+    async def acquire(
+        self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
+    ) -> HoldConflict | None: ...
+
+    async def extend(
+        self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
+    ) -> bool: ...
+
+    async def release(self, tenant_id: str, nonce: str, claims: Sequence[Claim]) -> bool: ...
+
+    async def live_claims(
+        self, tenant_id: str, resource_ids: Sequence[str], start_ms: int, end_ms: int
+    ) -> dict[str, list[tuple[int, int, str]]]: ...
+
+
+# KEYS: hold key, then one sorted set per resource. ARGV: ttl_ms, scan_back_ms, key prefix,
+# nonce, then (start_ms, end_ms) per resource. Members are "<nonce>:<start>:<end>", scored by
+# start; a member whose hold key is gone belongs to an expired hold and is swept on sight.
+_ACQUIRE = """
+local ttl, back, prefix, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+for i = 2, #KEYS do
+  local lo, hi = tonumber(ARGV[3 + 2 * (i - 1)]), tonumber(ARGV[4 + 2 * (i - 1)])
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], lo - back, '(' .. hi)) do
+    local other, mlo, mhi = string.match(m, '^([^:]+):(%d+):(%d+)$')
+    if tonumber(mhi) > lo and other ~= nonce then
+      if redis.call('EXISTS', prefix .. other) == 1 then
+        return {i - 1, tonumber(mlo), tonumber(mhi)}
+      end
+      redis.call('ZREM', KEYS[i], m)
+    end
+  end
+end
+redis.call('SET', KEYS[1], '1', 'PX', ttl)
+for i = 2, #KEYS do
+  local lo, hi = ARGV[3 + 2 * (i - 1)], ARGV[4 + 2 * (i - 1)]
+  redis.call('ZADD', KEYS[i], lo, nonce .. ':' .. lo .. ':' .. hi)
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 0
+"""
+
+# KEYS: hold key, resource sets. ARGV: ttl_ms. Only a live hold can be extended.
+_EXTEND = """
+local ttl = tonumber(ARGV[1])
+if redis.call('PEXPIRE', KEYS[1], ttl) == 0 then return 0 end
+for i = 2, #KEYS do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
+
+# KEYS: hold key, resource sets. ARGV: members to remove, one per resource set.
+_RELEASE = """
+local existed = redis.call('DEL', KEYS[1])
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[i - 1]) end
+return existed
+"""
+
+
+class RedisHoldStore:
+    """The `HoldStore` on Valkey/Redis."""
+
+    def __init__(self, client: Redis) -> None:
+        self._redis = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._extend = client.register_script(_EXTEND)
+        self._release = client.register_script(_RELEASE)
+
+    @staticmethod
+    def _prefix(tenant_id: str) -> str:
+        return f"{{sw:{tenant_id}}}:"
+
+    def _keys(self, tenant_id: str, nonce: str, claims: Sequence[Claim]) -> list[str]:
+        prefix = self._prefix(tenant_id)
+        return [prefix + "hold:" + nonce, *(prefix + "res:" + c.resource_id for c in claims)]
+
+    async def acquire(
+        self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
+    ) -> HoldConflict | None:
+        args: list[Any] = [_ms(ttl), _ms(MAX_FOOTPRINT), self._prefix(tenant_id) + "hold:", nonce]
+        for claim in claims:
+            args += [claim.start_ms, claim.end_ms]
+        result = await self._call(self._acquire, self._keys(tenant_id, nonce, claims), args)
+        if result == 0:
+            return None
+        index, lo, hi = result
+        return HoldConflict(claims[int(index) - 1].resource_id, int(lo), int(hi))
+
+    async def extend(
+        self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
+    ) -> bool:
+        return bool(
+            await self._call(self._extend, self._keys(tenant_id, nonce, claims), [_ms(ttl)])
+        )
+
+    async def release(self, tenant_id: str, nonce: str, claims: Sequence[Claim]) -> bool:
+        members = [f"{nonce}:{c.start_ms}:{c.end_ms}" for c in claims]
+        return bool(await self._call(self._release, self._keys(tenant_id, nonce, claims), members))
+
+    async def live_claims(
+        self, tenant_id: str, resource_ids: Sequence[str], start_ms: int, end_ms: int
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """Per resource, (start_ms, end_ms, nonce) of live holds overlapping the window."""
+        prefix = self._prefix(tenant_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for rid in resource_ids:
+                    pipe.zrangebyscore(
+                        prefix + "res:" + rid, start_ms - _ms(MAX_FOOTPRINT), f"({end_ms}"
+                    )
+                members: list[list[bytes]] = await pipe.execute()
+            parsed = {
+                rid: [_parse_member(m) for m in found]
+                for rid, found in zip(resource_ids, members, strict=True)
+            }
+            nonces = sorted({n for claims in parsed.values() for _, _, n in claims})
+            if not nonces:
+                return {}
+            alive = await self._redis.mget([prefix + "hold:" + n for n in nonces])
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise HoldStoreDown(str(exc)) from exc
+        live = {n for n, value in zip(nonces, alive, strict=True) if value is not None}
+        return {
+            rid: [(lo, hi, n) for lo, hi, n in claims if n in live and hi > start_ms]
+            for rid, claims in parsed.items()
+            if any(n in live for _, _, n in claims)
+        }
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise HoldStoreDown(str(exc)) from exc
+
+
+def _parse_member(member: bytes) -> tuple[int, int, str]:
+    nonce, lo, hi = member.decode().split(":")
+    return int(lo), int(hi), nonce
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+# --- hold tokens --------------------------------------------------------------------------------
+class HoldTokens:
+    """Signs and verifies hold ids (HMAC-SHA256 over a compact JSON body)."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the hold-token secret must be at least 16 bytes")
+        self._secret = secret
+
+    def issue(self, hold: Hold) -> str:
+        body = json.dumps(
+            {
+                "t": hold.tenant_id,
+                "o": hold.owner,
+                "n": hold.nonce,
+                "s": hold.service_id,
+                "at": hold.start.isoformat(),
+                "r": [list(r) for r in hold.resources],
+                "x": hold.expires_at.isoformat(),
+                "d": hold.degraded,
+            },
+            separators=(",", ":"),
+        ).encode()
+        payload = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+        return f"h1.{payload}.{self._sign(payload)}"
+
+    def read(self, token: str, tenant_id: str, owner: str, now: datetime) -> Hold:
+        """The hold a token describes, if it is genuine, this caller's, and unexpired."""
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != "h1" or len(token) > 4096:
+            raise InvalidInput("malformed hold id", field="hold_id")
+        if not hmac.compare_digest(self._sign(parts[1]), parts[2]):
+            raise InvalidInput("hold id signature does not verify", field="hold_id")
+        data = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        hold = Hold(
+            tenant_id=data["t"],
+            owner=data["o"],
+            nonce=data["n"],
+            service_id=data["s"],
+            start=datetime.fromisoformat(data["at"]),
+            resources=tuple((int(i), str(r)) for i, r in data["r"]),
+            expires_at=datetime.fromisoformat(data["x"]),
+            degraded=bool(data["d"]),
+        )
+        if hold.tenant_id != tenant_id or hold.owner != owner:
+            raise Unauthorized("this hold belongs to another caller")
+        if hold.expires_at <= now:
+            raise HoldExpired(f"hold expired at {hold.expires_at.isoformat()}")
+        return hold
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+def expiry(now: datetime, ttl: timedelta) -> datetime:
+    return (now + ttl).astimezone(UTC)

@@ -1,0 +1,581 @@
+"""SQL for the booking service, and the one place rows become engine values.
+
+Every function runs inside a transaction from `Database.transaction`, so RLS already limits
+it to one tenant; the explicit tenant filters below are for the planner, not for security.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from psycopg.types.range import Range
+
+from engine.calendar import ResourceCalendar
+from engine.intervals import Interval
+from engine.model import Busy, BusyKind, Requirement, Resource, ResourceKind, Rules, Service
+from engine.recurrence import Series
+from service.db import Conn
+from service.errors import NotFound
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# --- conversion ------------------------------------------------------------------------------
+def rules_from(tenant_zone: str, *layers: dict[str, Any]) -> Rules:
+    """Tenant rules overlaid by service rules (validated when they were stored)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    max_advance = merged.get("max_advance_days")
+    return Rules(
+        zone=tenant_zone,
+        min_lead=timedelta(minutes=merged.get("min_lead_minutes", 0)),
+        max_advance=timedelta(days=max_advance) if max_advance is not None else None,
+        blackout_dates=frozenset(date.fromisoformat(d) for d in merged.get("blackout_dates", [])),
+        cancel_cutoff=timedelta(minutes=merged.get("cancel_cutoff_minutes", 0)),
+        reschedule_cutoff=timedelta(minutes=merged.get("reschedule_cutoff_minutes", 0)),
+    )
+
+
+def requirements_from(raw: Sequence[dict[str, Any]]) -> tuple[Requirement, ...]:
+    return tuple(
+        Requirement(
+            ResourceKind(item["kind"]), frozenset(item.get("skills", ())), int(item.get("count", 1))
+        )
+        for item in raw
+    )
+
+
+def pin(
+    requirements: tuple[Requirement, ...], resources: Iterable[Resource], pinned: Sequence[str]
+) -> tuple[Requirement, ...]:
+    """Restrict each requirement to the pinned resources it admits, if it admits any."""
+    if not pinned:
+        return requirements
+    chosen = [r for r in resources if r.id in set(pinned)]
+    out = []
+    for req in requirements:
+        mine = frozenset(r.id for r in chosen if req.admits(r))
+        out.append(Requirement(req.kind, req.skills, req.count, mine) if mine else req)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    id: str
+    name: str
+    service: Service
+    rules: Rules
+    requirements_json: list[dict[str, Any]]
+    rules_json: dict[str, Any]
+    active: bool
+
+    def public(self) -> dict[str, Any]:
+        s = self.service
+        return {
+            "id": self.id,
+            "name": self.name,
+            "duration_minutes": int(s.duration.total_seconds() // 60),
+            "buffer_before_minutes": int(s.buffer_before.total_seconds() // 60),
+            "buffer_after_minutes": int(s.buffer_after.total_seconds() // 60),
+            "step_minutes": int(s.step.total_seconds() // 60),
+            "requirements": self.requirements_json,
+            "rules": self.rules_json,
+            "active": self.active,
+        }
+
+
+# --- tenants and keys ------------------------------------------------------------------------
+async def insert_tenant(
+    conn: Conn, tenant_id: str, name: str, zone: str, rules: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO tenants (id, name, zone, rules) VALUES (%s, %s, %s, %s)",
+        (tenant_id, name, zone, json.dumps(rules)),
+    )
+
+
+async def get_tenant(conn: Conn, tenant_id: str) -> dict[str, Any]:
+    cur = await conn.execute(
+        "SELECT id::text, name, zone, rules, created_at FROM tenants WHERE id = %s", (tenant_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound("tenant not found")
+    return dict(row)
+
+
+async def insert_api_key(
+    conn: Conn,
+    tenant_id: str,
+    key_id: str,
+    prefix: str,
+    secret_hash: bytes,
+    scopes: Sequence[str],
+    name: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO api_keys (id, tenant_id, prefix, secret_hash, scopes, name)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (key_id, tenant_id, prefix, secret_hash, list(scopes), name),
+    )
+
+
+async def authenticate(conn: Conn, prefix: str, secret_hash: bytes) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT key_id::text, tenant_id::text, scopes FROM authenticate_api_key(%s, %s)",
+        (prefix, secret_hash),
+    )
+    return await cur.fetchone()
+
+
+async def list_api_keys(conn: Conn) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT id::text, prefix, name, scopes, created_at, revoked_at"
+        " FROM api_keys ORDER BY created_at"
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def revoke_api_key(conn: Conn, key_id: str) -> bool:
+    cur = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL RETURNING 1",
+        (key_id,),
+    )
+    return await cur.fetchone() is not None
+
+
+# --- resources and services ------------------------------------------------------------------
+RESOURCE_COLUMNS = "id::text, kind, name, zone, skills, daily_capacity, daily_minutes, active"
+
+
+async def insert_resource(conn: Conn, tenant_id: str, rid: str, body: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO resources"
+        " (id, tenant_id, kind, name, zone, skills, daily_capacity, daily_minutes)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            rid,
+            tenant_id,
+            body["kind"],
+            body["name"],
+            body["zone"],
+            sorted(body["skills"]),
+            body.get("daily_capacity"),
+            body.get("daily_minutes"),
+        ),
+    )
+
+
+async def insert_working_hours(
+    conn: Conn,
+    tenant_id: str,
+    resource_id: str,
+    starts_local: datetime,
+    minutes: int,
+    rrule: str | None,
+) -> str:
+    wid = new_id()
+    await conn.execute(
+        "INSERT INTO working_hours"
+        " (id, tenant_id, resource_id, starts_local, duration_minutes, rrule)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (wid, tenant_id, resource_id, starts_local, minutes, rrule),
+    )
+    return wid
+
+
+async def insert_exception(
+    conn: Conn, tenant_id: str, resource_id: str, kind: str, interval: Interval, note: str
+) -> str:
+    eid = new_id()
+    await conn.execute(
+        "INSERT INTO resource_exceptions (id, tenant_id, resource_id, kind, during, note)"
+        " VALUES (%s, %s, %s, %s, tstzrange(%s, %s), %s)",
+        (eid, tenant_id, resource_id, kind, interval.start, interval.end, note),
+    )
+    return eid
+
+
+async def get_resource(conn: Conn, rid: str) -> dict[str, Any]:
+    cur = await conn.execute(f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE id = %s", (rid,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"resource {rid} not found", resource_id=rid)
+    resource = dict(row)
+    cur = await conn.execute(
+        "SELECT id::text, starts_local, duration_minutes, rrule FROM working_hours"
+        " WHERE resource_id = %s ORDER BY starts_local",
+        (rid,),
+    )
+    resource["working_hours"] = [dict(r) for r in await cur.fetchall()]
+    cur = await conn.execute(
+        "SELECT id::text, kind, lower(during) AS start, upper(during) AS end, note"
+        " FROM resource_exceptions WHERE resource_id = %s ORDER BY lower(during)",
+        (rid,),
+    )
+    resource["exceptions"] = [dict(r) for r in await cur.fetchall()]
+    return resource
+
+
+async def list_resources(conn: Conn) -> list[dict[str, Any]]:
+    cur = await conn.execute(f"SELECT {RESOURCE_COLUMNS} FROM resources ORDER BY name, id")
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def delete_exception(conn: Conn, resource_id: str, exception_id: str) -> bool:
+    cur = await conn.execute(
+        "DELETE FROM resource_exceptions WHERE id = %s AND resource_id = %s RETURNING 1",
+        (exception_id, resource_id),
+    )
+    return await cur.fetchone() is not None
+
+
+async def insert_service(conn: Conn, tenant_id: str, sid: str, body: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO services (id, tenant_id, name, duration_minutes, buffer_before_minutes,"
+        " buffer_after_minutes, step_minutes, requirements, rules)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            sid,
+            tenant_id,
+            body["name"],
+            body["duration_minutes"],
+            body["buffer_before_minutes"],
+            body["buffer_after_minutes"],
+            body["step_minutes"],
+            json.dumps(body["requirements"]),
+            json.dumps(body["rules"]),
+        ),
+    )
+
+
+async def list_services(
+    conn: Conn, tenant_zone: str, tenant_rules: dict[str, Any]
+) -> list[ServiceRecord]:
+    cur = await conn.execute(f"SELECT {SERVICE_COLUMNS} FROM services ORDER BY name, id")
+    return [_service_record(row, tenant_zone, tenant_rules) for row in await cur.fetchall()]
+
+
+SERVICE_COLUMNS = (
+    "id::text, name, duration_minutes, buffer_before_minutes, buffer_after_minutes,"
+    " step_minutes, requirements, rules, active"
+)
+
+
+async def get_service(conn: Conn, sid: str) -> ServiceRecord:
+    """The service with its effective rules (tenant rules overlaid by the service's)."""
+    cur = await conn.execute(
+        f"SELECT {SERVICE_COLUMNS}, (SELECT zone FROM tenants) AS tenant_zone,"
+        " (SELECT rules FROM tenants) AS tenant_rules FROM services WHERE id = %s",
+        (sid,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"service {sid} not found", service_id=sid)
+    return _service_record(row, row["tenant_zone"], row["tenant_rules"])
+
+
+def _service_record(
+    row: dict[str, Any], tenant_zone: str, tenant_rules: dict[str, Any]
+) -> ServiceRecord:
+    service = Service(
+        row["id"],
+        timedelta(minutes=row["duration_minutes"]),
+        requirements_from(row["requirements"]),
+        timedelta(minutes=row["buffer_before_minutes"]),
+        timedelta(minutes=row["buffer_after_minutes"]),
+        timedelta(minutes=row["step_minutes"]),
+    )
+    return ServiceRecord(
+        row["id"],
+        row["name"],
+        service,
+        rules_from(tenant_zone, tenant_rules, row["rules"]),
+        row["requirements"],
+        row["rules"],
+        row["active"],
+    )
+
+
+# --- calendars -------------------------------------------------------------------------------
+async def load_resources(
+    conn: Conn, service: Service, only: Sequence[str] = ()
+) -> dict[str, Resource]:
+    """Active resources that some requirement of ``service`` admits (optionally only ``only``)."""
+    kinds = sorted({req.kind.value for req in service.requirements})
+    params: list[Any] = [kinds]
+    where = "active AND kind = ANY(%s)"
+    if only:
+        where += " AND id = ANY(%s::uuid[])"
+        params.append(list(only))
+    cur = await conn.execute(
+        "SELECT id::text, kind, zone, skills, daily_capacity, daily_minutes"
+        f" FROM resources WHERE {where}",
+        params,
+    )
+    resources = (
+        Resource(
+            row["id"],
+            ResourceKind(row["kind"]),
+            row["zone"],
+            frozenset(row["skills"]),
+            row["daily_capacity"],
+            row["daily_minutes"],
+        )
+        for row in await cur.fetchall()
+    )
+    return {r.id: r for r in resources if any(req.admits(r) for req in service.requirements)}
+
+
+async def load_calendars(
+    conn: Conn,
+    resources: Mapping[str, Resource],
+    window: Interval,
+    exclude: Sequence[str] = (),
+) -> dict[str, ResourceCalendar]:
+    """Calendars of ``resources`` for questions about ``window``: working hours, exceptions and
+    bookings overlapping it, and per-day booking counts for daily capacity (one aggregate over
+    the whole local days around the window, only for resources that have a daily limit; the
+    busy entries themselves are then not counted again).
+    Bookings in ``exclude`` are left out (a reschedule does not collide with itself)."""
+    if not resources:
+        return {}
+    ids = list(resources)
+    hours: dict[str, list[Series]] = {rid: [] for rid in ids}
+    cur = await conn.execute(
+        "SELECT resource_id::text, starts_local, duration_minutes, rrule FROM working_hours"
+        " WHERE resource_id = ANY(%s::uuid[])",
+        (ids,),
+    )
+    for row in await cur.fetchall():
+        rid = row["resource_id"]
+        hours[rid].append(
+            Series(
+                resources[rid].zone,
+                row["starts_local"],
+                timedelta(minutes=row["duration_minutes"]),
+                row["rrule"],
+            )
+        )
+    busy: dict[str, list[Busy]] = {rid: [] for rid in ids}
+    during = Range(window.start, window.end)
+    cur = await conn.execute(
+        "SELECT resource_id::text AS rid, kind, lower(during) AS lo, upper(during) AS hi,"
+        " id::text AS ref, NULL::integer AS minutes"
+        " FROM resource_exceptions WHERE resource_id = ANY(%(ids)s::uuid[]) AND during && %(w)s"
+        " UNION ALL"
+        " SELECT resource_id::text, 'booking', lower(during), upper(during),"
+        " booking_id::text, minutes"
+        " FROM booking_resources"
+        " WHERE active AND resource_id = ANY(%(ids)s::uuid[]) AND during && %(w)s"
+        " AND NOT booking_id = ANY(%(exclude)s::uuid[])",
+        {"ids": ids, "w": during, "exclude": list(exclude)},
+    )
+    for row in await cur.fetchall():
+        busy[row["rid"]].append(
+            Busy(
+                Interval(row["lo"], row["hi"]),
+                row["ref"],
+                _BUSY_KINDS[row["kind"]],
+                minutes=row["minutes"],
+            )
+        )
+    limited = [
+        rid
+        for rid, r in resources.items()
+        if r.daily_capacity is not None or r.daily_minutes is not None
+    ]
+    loads: dict[str, dict[date, tuple[int, int]]] = {rid: {} for rid in ids}
+    if limited:
+        # Local days of any zone touching the window lie within a day of its UTC dates.
+        first = (window.start - timedelta(days=1)).date()
+        last = (window.end + timedelta(days=1)).date()
+        cur = await conn.execute(
+            "SELECT resource_id::text AS rid, local_day, count(*) AS n, sum(minutes) AS minutes"
+            " FROM booking_resources WHERE active AND resource_id = ANY(%s::uuid[])"
+            " AND local_day BETWEEN %s AND %s AND NOT booking_id = ANY(%s::uuid[])"
+            " GROUP BY 1, 2",
+            (limited, first, last, list(exclude)),
+        )
+        for row in await cur.fetchall():
+            loads[row["rid"]][row["local_day"]] = (int(row["n"]), int(row["minutes"]))
+    return {rid: ResourceCalendar(resources[rid], hours[rid], busy[rid], loads[rid]) for rid in ids}
+
+
+_BUSY_KINDS = {
+    "booking": BusyKind.BOOKING,
+    "time_off": BusyKind.TIME_OFF,
+    "external": BusyKind.EXTERNAL,
+}
+
+
+# --- bookings --------------------------------------------------------------------------------
+async def lock_resources(conn: Conn, resource_ids: Iterable[str]) -> None:
+    """Layer 2: transaction-scoped advisory locks, always taken in one global order (sorted
+    keys), so two bookings over the same resources in opposite orders cannot deadlock."""
+    keys = sorted({uuid.UUID(rid).int >> 64 for rid in resource_ids})
+    signed = [k - (1 << 64) if k >= 1 << 63 else k for k in keys]
+    # unnest yields in array order, and the select list is evaluated row by row in that order.
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (signed,))
+
+
+@dataclass(frozen=True, slots=True)
+class NewBooking:
+    id: str
+    service_id: str
+    start: datetime
+    end: datetime
+    customer: str
+    created_by: str
+    resources: tuple[
+        tuple[int, str, Interval, date], ...
+    ]  # (req index, resource, footprint, local day)
+    minutes: int
+    series_id: str | None = None
+    recurrence_id: datetime | None = None
+    rescheduled_from: str | None = None
+
+
+async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBooking]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at, customer,"
+            " created_by, series_id, recurrence_id, rescheduled_from)"
+            " VALUES (%s, %s, %s, 'confirmed', %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    b.id,
+                    tenant_id,
+                    b.service_id,
+                    b.start,
+                    b.end,
+                    b.customer,
+                    b.created_by,
+                    b.series_id,
+                    b.recurrence_id,
+                    b.rescheduled_from,
+                )
+                for b in bookings
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO booking_resources (tenant_id, booking_id, resource_id, requirement_index,"
+            " service_id, during, local_day, minutes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (tenant_id, b.id, rid, index, b.service_id, Range(fp.start, fp.end), day, b.minutes)
+                for b in bookings
+                for index, rid, fp, day in b.resources
+            ],
+        )
+
+
+BOOKING_SELECT = (
+    "SELECT b.id::text, b.service_id::text, b.status, b.starts_at, b.ends_at, b.customer,"
+    " b.series_id::text, b.recurrence_id, b.created_at, b.cancelled_at,"
+    " b.rescheduled_from::text,"
+    " coalesce((SELECT json_agg(json_build_object('requirement', br.requirement_index,"
+    "   'resource_id', br.resource_id) ORDER BY br.requirement_index, br.resource_id)"
+    "  FROM booking_resources br WHERE br.booking_id = b.id), '[]') AS resources"
+    " FROM bookings b"
+)
+
+
+async def get_booking(conn: Conn, booking_id: str, for_update: bool = False) -> dict[str, Any]:
+    lock = " FOR UPDATE OF b" if for_update else ""
+    cur = await conn.execute(f"{BOOKING_SELECT} WHERE b.id = %s{lock}", (booking_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"booking {booking_id} not found", booking_id=booking_id)
+    return dict(row)
+
+
+async def list_bookings(
+    conn: Conn, window: Interval, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    where = "b.starts_at < %s AND b.ends_at > %s"
+    params: list[Any] = [window.end, window.start]
+    if status:
+        where += " AND b.status = %s"
+        params.append(status)
+    cur = await conn.execute(
+        f"{BOOKING_SELECT} WHERE {where} ORDER BY b.starts_at, b.id LIMIT %s", [*params, limit]
+    )
+    return [dict(r) for r in await cur.fetchall()]
+
+
+async def cancel_bookings(conn: Conn, booking_ids: Sequence[str]) -> None:
+    await conn.execute(
+        "UPDATE bookings SET status = 'cancelled', cancelled_at = now()"
+        " WHERE id = ANY(%s::uuid[]) AND status = 'confirmed'",
+        (list(booking_ids),),
+    )
+    await conn.execute(
+        "UPDATE booking_resources SET active = false WHERE booking_id = ANY(%s::uuid[])",
+        (list(booking_ids),),
+    )
+
+
+async def insert_series(
+    conn: Conn,
+    tenant_id: str,
+    series_id: str,
+    service_id: str,
+    zone: str,
+    starts_local: datetime,
+    rrule: str,
+    horizon_until: datetime,
+    customer: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO booking_series"
+        " (id, tenant_id, service_id, zone, starts_local, rrule, horizon_until, customer)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (series_id, tenant_id, service_id, zone, starts_local, rrule, horizon_until, customer),
+    )
+
+
+async def get_series(conn: Conn, series_id: str) -> dict[str, Any]:
+    cur = await conn.execute(
+        "SELECT id::text, service_id::text, zone, starts_local, rrule, horizon_until, status,"
+        " customer, created_at"
+        " FROM booking_series WHERE id = %s",
+        (series_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"series {series_id} not found", series_id=series_id)
+    series = dict(row)
+    cur = await conn.execute(
+        f"{BOOKING_SELECT} WHERE b.series_id = %s ORDER BY b.starts_at", (series_id,)
+    )
+    series["bookings"] = [dict(r) for r in await cur.fetchall()]
+    return series
+
+
+async def cancel_series(conn: Conn, series_id: str, after: datetime) -> list[str]:
+    await conn.execute("UPDATE booking_series SET status = 'cancelled' WHERE id = %s", (series_id,))
+    cur = await conn.execute(
+        "SELECT id::text FROM bookings"
+        " WHERE series_id = %s AND status = 'confirmed' AND starts_at >= %s",
+        (series_id, after),
+    )
+    ids = [row["id"] for row in await cur.fetchall()]
+    await cancel_bookings(conn, ids)
+    return ids
+
+
+async def audit_feed(conn: Conn, after_id: int, limit: int) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT id, at, actor, action, entity, entity_id, request_id, detail FROM audit_events"
+        " WHERE id > %s ORDER BY id LIMIT %s",
+        (after_id, limit),
+    )
+    return [dict(r) for r in await cur.fetchall()]

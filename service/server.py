@@ -1,0 +1,118 @@
+"""Running the API: uvicorn workers over `service.app:app_from_env`, configured by environment.
+
+`serve()` is what `slotwise serve` runs in the foreground; `running_server()` starts the same
+thing as a child process for tests and benchmarks, waits until it answers, and always stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from service.infra import Endpoints, free_port
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSecrets:
+    admin_key: str = field(repr=False)
+    hold_secret: str = field(repr=False)  # hex
+
+
+def load_secrets(data_dir: Path) -> ServerSecrets:
+    """Secrets from SLOTWISE_ADMIN_KEY / SLOTWISE_HOLD_SECRET, else generated once and kept
+    (mode 0600) in the data folder, so restarts keep the admin key and live hold ids valid."""
+
+    def kept(name: str, make: str) -> str:
+        value = os.environ.get(name)
+        if value:
+            return value
+        path = data_dir / name.lower()
+        if not path.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make)
+        return path.read_text().strip()
+
+    return ServerSecrets(
+        kept("SLOTWISE_ADMIN_KEY", "swadmin_" + secrets.token_urlsafe(32)),
+        kept("SLOTWISE_HOLD_SECRET", secrets.token_hex(32)),
+    )
+
+
+def worker_env(endpoints: Endpoints, keys: ServerSecrets, pool_max: int = 16) -> dict[str, str]:
+    return {
+        "SLOTWISE_APP_DATABASE_URL": endpoints.app_url,
+        "SLOTWISE_REDIS_URL": endpoints.redis_url,
+        "SLOTWISE_ADMIN_KEY": keys.admin_key,
+        "SLOTWISE_HOLD_SECRET": keys.hold_secret,
+        "SLOTWISE_POOL_MAX": str(pool_max),
+    }
+
+
+def serve(host: str, port: int, workers: int, backlog: int, env: dict[str, str]) -> None:
+    """Run uvicorn in the foreground (workers > 1: one process each, sharing the socket)."""
+    import uvicorn
+
+    os.environ.update(env)
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        backlog=backlog,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=120,
+    )
+
+
+@contextlib.contextmanager
+def running_server(
+    endpoints: Endpoints,
+    keys: ServerSecrets,
+    *,
+    workers: int = 1,
+    backlog: int = 4096,
+    pool_max: int = 16,
+    startup_timeout: float = 60.0,
+) -> Iterator[str]:
+    """A live server on a free port as a child process; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, **worker_env(endpoints, keys, pool_max)}
+    argv = [sys.executable, "-m", "service.server", str(port), str(workers), str(backlog)]
+    process = subprocess.Popen(argv, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode} during start-up")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not answer /healthz in time")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":  # python -m service.server PORT WORKERS BACKLOG (env set by caller)
+    serve("127.0.0.1", int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), {})
