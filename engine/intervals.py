@@ -100,24 +100,34 @@ class IntervalIndex(Generic[T]):
     weeks, so a start-sorted array beside it answers wide sweeps (``spans``) by bisection.
     """
 
-    __slots__ = ("_by_start", "_longest", "_tree")
+    __slots__ = ("_by_start", "_longest", "_rows", "_tree_cache")
 
     def __init__(self, items: Iterable[tuple[Interval, T]] = ()) -> None:
-        rows = [(iv.start.timestamp(), iv.end.timestamp(), (iv, p)) for iv, p in items]
-        # Built in bulk: a balanced tree at once is far cheaper than n rebalancing inserts.
-        self._tree: IntervalTree = IntervalTree.from_tuples(rows)
-        self._by_start: list[tuple[float, float]] = sorted((lo, hi) for lo, hi, _ in rows)
-        self._longest = max((hi - lo for lo, hi, _ in rows), default=0.0)
+        self._rows = [(iv.start.timestamp(), iv.end.timestamp(), (iv, p)) for iv, p in items]
+        self._by_start: list[tuple[float, float]] = sorted((lo, hi) for lo, hi, _ in self._rows)
+        self._longest = max((hi - lo for lo, hi, _ in self._rows), default=0.0)
+        self._tree_cache: IntervalTree | None = None
+
+    @property
+    def _tree(self) -> IntervalTree:
+        # Built on the first conflict query, in bulk: a sweep-only caller (availability over
+        # weeks) never pays for it, and a balanced build beats n rebalancing inserts.
+        if self._tree_cache is None:
+            self._tree_cache = IntervalTree.from_tuples(self._rows)
+        return self._tree_cache
 
     def add(self, interval: Interval, payload: T) -> None:
         lo, hi = interval.start.timestamp(), interval.end.timestamp()
-        self._tree.addi(lo, hi, (interval, payload))
+        self._rows.append((lo, hi, (interval, payload)))
+        if self._tree_cache is not None:
+            self._tree_cache.addi(lo, hi, (interval, payload))
         insort(self._by_start, (lo, hi))
         self._longest = max(self._longest, hi - lo)
 
     def remove(self, interval: Interval, payload: T) -> None:
         lo, hi = interval.start.timestamp(), interval.end.timestamp()
         self._tree.removei(lo, hi, (interval, payload))
+        self._rows.remove((lo, hi, (interval, payload)))
         del self._by_start[bisect_left(self._by_start, (lo, hi))]
 
     def __len__(self) -> int:

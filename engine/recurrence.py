@@ -141,6 +141,7 @@ def parse_rrule(text: str, dtstart: datetime, zone_name: str) -> RRule:
     parts = []
     for part in body.split(";"):
         key, _, value = part.partition("=")
+        _check_part(key.upper(), value)
         if key.upper() == "UNTIL" and value.upper().endswith("Z"):
             try:
                 until_utc = datetime.strptime(value.upper() + "+0000", "%Y%m%dT%H%M%SZ%z")
@@ -156,6 +157,22 @@ def parse_rrule(text: str, dtstart: datetime, zone_name: str) -> RRule:
     if not isinstance(rule, RRule):
         raise InvalidRecurrence(f"expected one RRULE, got {text!r}")
     return rule
+
+
+# dateutil accepts these and then misbehaves (COUNT=0 yields one instance, INTERVAL=0 divides by
+# zero at expansion, BYMONTHDAY=0 means every day), so the RFC 5545 ranges are checked here.
+_POSITIVE = ("COUNT", "INTERVAL")
+_NONZERO = ("BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYSETPOS")
+
+
+def _check_part(key: str, value: str) -> None:
+    if key in _POSITIVE and not (value.isdigit() and int(value) >= 1):
+        raise InvalidRecurrence(f"{key} must be a positive integer, not {value!r}")
+    if key in _NONZERO:
+        for item in value.split(","):
+            number = item.strip().lstrip("+-")
+            if not number.isdigit() or int(number) == 0:
+                raise InvalidRecurrence(f"{key} values are non-zero integers, not {item!r}")
 
 
 def _fast_forward(rule: RRule, lo: datetime) -> RRule:

@@ -132,38 +132,38 @@ def grid(window: Interval, step: timedelta, zone_name: str) -> list[int]:
         day += timedelta(days=1)
 
 
-def _rule_mask(starts: list[int], rules: Rules, now: datetime) -> int:
+def rule_mask(starts: list[int], rules: Rules, now: datetime) -> int:
     """Grid positions allowed by lead time, max advance and blackout dates."""
     lo = bisect_left(starts, math.ceil((now + rules.min_lead).timestamp()))
     hi = len(starts)
     if rules.max_advance is not None:
         hi = bisect_right(starts, seconds(now + rules.max_advance))
-    mask = _range_bits(lo, hi)
+    mask = range_bits(lo, hi)
     for day in rules.blackout_dates:
         a, b = day_span(day, rules.zone)
-        mask &= ~_range_bits(bisect_left(starts, a), bisect_left(starts, b))
+        mask &= ~range_bits(bisect_left(starts, a), bisect_left(starts, b))
     return mask
 
 
-def _range_bits(lo: int, hi: int) -> int:
+def range_bits(lo: int, hi: int) -> int:
     return ((1 << (hi - lo)) - 1) << lo if hi > lo else 0
 
 
-def _resource_mask(cal: ResourceCalendar, starts: list[int], service: Service, span: Span) -> int:
+def resource_mask(cal: ResourceCalendar, starts: list[int], service: Service, span: Span) -> int:
     """Grid positions at which ``cal`` can take the whole buffered footprint."""
     before = int(service.buffer_before.total_seconds())
     after = int((service.duration + service.buffer_after).total_seconds())
     mask = 0
     for a, b in cal.free_spans(span):
-        mask |= _range_bits(bisect_left(starts, a + before), bisect_right(starts, b - after))
+        mask |= range_bits(bisect_left(starts, a + before), bisect_right(starts, b - after))
     if mask:
         minutes = int(service.duration.total_seconds() // 60)
         for day_lo, day_hi in cal.full_days(span, minutes):
-            mask &= ~_range_bits(bisect_left(starts, day_lo), bisect_left(starts, day_hi))
+            mask &= ~range_bits(bisect_left(starts, day_lo), bisect_left(starts, day_hi))
     return mask
 
 
-def _components(domains: Sequence[Sequence[ResourceCalendar]]) -> list[list[int]]:
+def components(domains: Sequence[Sequence[ResourceCalendar]]) -> list[list[int]]:
     """Group requirement indexes that share at least one candidate (union-find)."""
     parent = list(range(len(domains)))
 
@@ -217,20 +217,20 @@ def availability(
     starts = grid(window, service.step, rules.zone)
     if not starts:
         return []
-    allowed = _rule_mask(starts, rules, now)
+    allowed = rule_mask(starts, rules, now)
     domains = candidates(service, calendars)
     span = (
         starts[0] - int(service.buffer_before.total_seconds()),
         starts[-1] + int((service.duration + service.buffer_after).total_seconds()),
     )
     masks = {
-        cal.resource.id: _resource_mask(cal, starts, service, span)
+        cal.resource.id: resource_mask(cal, starts, service, span)
         for domain in domains
         for cal in domain
     }
     counts = [req.count for req in service.requirements]
-    for component in _components(domains):
-        allowed &= _component_mask(component, domains, counts, masks, allowed)
+    for component in components(domains):
+        allowed &= component_mask(component, domains, counts, masks, allowed)
         if not allowed:
             return []
     duration = service.duration
@@ -241,7 +241,7 @@ def availability(
     ]
 
 
-def _component_mask(
+def component_mask(
     component: list[int],
     domains: Sequence[Sequence[ResourceCalendar]],
     counts: Sequence[int],
@@ -313,7 +313,7 @@ def free_candidates(
         zip(service.requirements, candidates(service, calendars), strict=True)
     ):
         if len(domain) < req.count:
-            return NoQualifiedResource(index, _unqualified_detail(req, len(domain)))
+            return NoQualifiedResource(index, unqualified_detail(req, len(domain)))
         free: list[str] = []
         outside: list[str] = []
         conflicts: list[tuple[str, Busy]] = []
@@ -342,7 +342,7 @@ def free_candidates(
     return free_ids
 
 
-def _unqualified_detail(req: Requirement, found: int) -> str:
+def unqualified_detail(req: Requirement, found: int) -> str:
     wanted = f"{req.count} {req.kind.value}"
     if req.skills:
         wanted += " with skills " + ", ".join(sorted(req.skills))

@@ -32,7 +32,7 @@ from engine.intervals import Interval
 from service import repository as repo
 from service.auth import Caller, bearer, is_admin, parse_token
 from service.booking import BookingService
-from service.catalog import CatalogService, valid_zone
+from service.catalog import CatalogService, valid_rrule, valid_zone
 from service.db import Database, Idempotency
 from service.errors import PROBLEM_BASE, InvalidInput, ServiceError, Unauthorized
 from service.holds import HoldTokens, RedisHoldStore
@@ -178,11 +178,18 @@ def openapi_json(request: Request[Any, Any, State]) -> dict[str, Any]:
 
 @post("/v1/tenants", status_code=201)
 async def create_tenant(
-    data: TenantIn, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    data: TenantIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
 ) -> Response[Any]:
-    """Create a tenant and its first API key (admin key only). The key is shown once."""
+    """Create a tenant and its first API key (admin key only). The key's token is shown once:
+    a retry with the same Idempotency-Key returns the same tenant and key id, without it."""
     return respond(
-        await catalog(request).create_tenant(caller, msgspec.to_builtins(data), request_id)
+        await catalog(request).create_tenant(
+            caller, msgspec.to_builtins(data), idem(idempotency_key, request, data), request_id
+        )
     )
 
 
@@ -405,7 +412,13 @@ async def create_hold(
     `degraded: true` means the hold store was down: confirmation still works and stays safe."""
     ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
     body = await booking(request).create_hold(
-        caller, data.service_id, instant(data.start, "start"), data.resource_ids, ttl, request_id
+        caller,
+        data.service_id,
+        instant(data.start, "start"),
+        data.resource_ids,
+        ttl,
+        idem(idempotency_key, request, data),
+        request_id,
     )
     return Response(content=body, status_code=201)
 
@@ -527,6 +540,7 @@ async def create_series(
         raise InvalidInput("starts_local is a local wall time: no offset", field="starts_local")
     if data.zone is not None:
         valid_zone(data.zone)
+    valid_rrule(data.rrule)  # COUNT/INTERVAL <= 0 would book one occurrence or crash (a 500)
     horizon = timedelta(days=data.horizon_days) if data.horizon_days else None
     return respond(
         await booking(request).create_series(

@@ -11,6 +11,7 @@ The three layers of DESIGN.md, none trusted alone:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ import psycopg
 
 from engine.calendar import ResourceCalendar, seconds
 from engine.intervals import Interval
-from engine.model import Busy, BusyKind, Requirement, Service
+from engine.model import Busy, BusyKind, Requirement, Rules, Service
 from engine.recurrence import Series
 from engine.slots import (
     BeyondMaxAdvance,
@@ -73,6 +74,11 @@ class Limits:
     max_window: timedelta = timedelta(days=62)
     series_horizon: timedelta = timedelta(days=180)
     max_series_occurrences: int = 400
+    replan_attempts: int = 3
+
+
+class _StalePlan(Exception):
+    """Resources picked from a snapshot were taken before the locks: plan again."""
 
 
 def iso(instant: datetime) -> str:
@@ -174,6 +180,7 @@ class BookingService:
         self.tokens = tokens
         self.clock = clock
         self.limits = limits
+        self.catalogs = repo.CatalogCache()
 
     # --- reads ---------------------------------------------------------------------------------
     async def availability(
@@ -192,13 +199,14 @@ class BookingService:
             )
         now = self.clock()
         async with self.db.transaction(caller.tenant) as conn:
-            record = await repo.get_service(conn, service_id)
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            record = catalog.service(service_id)
             svc = record.service
             # Footprints of starts near `to` reach past it by the duration and buffers.
             span = Interval(
                 window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
             )
-            service, calendars = await self._calendars(conn, svc, span, pins)
+            service, calendars = await self._calendars(conn, catalog, svc, span, pins)
             await audit(
                 conn,
                 caller,
@@ -236,9 +244,10 @@ class BookingService:
         caller.require("read")
         now = self.clock()
         async with self.db.transaction(caller.tenant) as conn:
-            record = await repo.get_service(conn, service_id)
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            record = catalog.service(service_id)
             window = record.service.footprint(start)
-            service, calendars = await self._calendars(conn, record.service, window, pins)
+            service, calendars = await self._calendars(conn, catalog, record.service, window, pins)
             await audit(
                 conn,
                 caller,
@@ -259,8 +268,12 @@ class BookingService:
         start: datetime,
         pins: Sequence[str],
         ttl: timedelta | None,
+        idem: Idempotency | None,
         request_id: str | None,
     ) -> dict[str, Any]:
+        """Hold ``start`` on every resource it needs. With an Idempotency-Key, the hold's name
+        in Redis derives from the key and request, so a retry re-takes the same hold (the
+        acquire script ignores a hold's own claims) rather than colliding with it."""
         caller.require("book")
         ttl = ttl or self.limits.hold_ttl
         if not timedelta(seconds=5) <= ttl <= self.limits.max_hold_ttl:
@@ -271,9 +284,10 @@ class BookingService:
             )
         now = self.clock()
         async with self.db.transaction(caller.tenant) as conn:
-            record = await repo.get_service(conn, service_id)
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            record = catalog.service(service_id)
             window = record.service.footprint(start)
-            service, calendars = await self._calendars(conn, record.service, window, pins)
+            service, calendars = await self._calendars(conn, catalog, record.service, window, pins)
             await audit(
                 conn,
                 caller,
@@ -283,33 +297,10 @@ class BookingService:
                 request_id,
                 {"start": iso(start)},
             )
-        holds_seen = await self._add_live_holds(caller.tenant, calendars, window, service)
-        verdict = explain(service, calendars, start, now, record.rules)
-        if not isinstance(verdict, Offered):
-            raise refuse(verdict)
-        footprint = service.footprint(start)
-        claims = [
-            Claim(rid, seconds(footprint.start) * 1000, seconds(footprint.end) * 1000)
-            for _, rid in verdict.assignment
-        ]
-        nonce = new_nonce()
-        degraded = not holds_seen
-        if not degraded:
-            try:
-                clash = await self.holds.acquire(caller.tenant, nonce, claims, ttl)
-            except HoldStoreDown:
-                degraded = True
-            else:
-                if clash is not None:
-                    raise SlotConflict(
-                        "another caller holds this slot",
-                        why={
-                            "reason": "held",
-                            "resource_id": clash.resource_id,
-                            "start": iso(datetime.fromtimestamp(clash.start_ms / 1000, UTC)),
-                            "end": iso(datetime.fromtimestamp(clash.end_ms / 1000, UTC)),
-                        },
-                    )
+        nonce = new_nonce() if idem is None else idem_nonce(caller, idem)
+        verdict, degraded = await self._plan_and_hold(
+            caller.tenant, nonce, service, calendars, start, now, record.rules, ttl
+        )
         hold = Hold(
             caller.tenant,
             caller.key_id,
@@ -321,6 +312,50 @@ class BookingService:
             degraded,
         )
         return self._hold_json(hold)
+
+    async def _plan_and_hold(
+        self,
+        tenant_id: str,
+        nonce: str,
+        service: Service,
+        calendars: Mapping[str, ResourceCalendar],
+        start: datetime,
+        now: datetime,
+        rules: Rules,
+        ttl: timedelta,
+    ) -> tuple[Offered, bool]:
+        """Choose resources and take the hold: (verdict, degraded).
+
+        The acquire script refuses any overlap with live holds atomically, so other callers'
+        holds are read only after a clash, to re-plan around them once — two Redis round
+        trips saved on the common path."""
+        considered_holds = False
+        while True:
+            verdict = explain(service, calendars, start, now, rules)
+            if not isinstance(verdict, Offered):
+                raise refuse(verdict)
+            footprint = service.footprint(start)
+            lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
+            claims = [Claim(rid, lo, hi) for _, rid in verdict.assignment]
+            try:
+                clash = await self.holds.acquire(tenant_id, nonce, claims, ttl)
+            except HoldStoreDown:
+                return verdict, True  # degraded: layers 2 and 3 still decide
+            if clash is None:
+                return verdict, False
+            if considered_holds:
+                raise SlotConflict(
+                    "another caller holds this slot",
+                    why={
+                        "reason": "held",
+                        "resource_id": clash.resource_id,
+                        "start": iso(datetime.fromtimestamp(clash.start_ms / 1000, UTC)),
+                        "end": iso(datetime.fromtimestamp(clash.end_ms / 1000, UTC)),
+                    },
+                )
+            considered_holds = True
+            if not await self._add_live_holds(tenant_id, calendars, footprint, service):
+                return verdict, True
 
     async def release_hold(self, caller: Caller, hold_id: str) -> None:
         caller.require("book")
@@ -360,7 +395,8 @@ class BookingService:
 
     async def _footprint_of(self, hold: Hold) -> Interval:
         async with self.db.transaction(hold.tenant_id) as conn:
-            record = await repo.get_service(conn, hold.service_id)
+            catalog = await self.catalogs.get(conn, hold.tenant_id)
+            record = catalog.service(hold.service_id)
         return record.service.footprint(hold.start)
 
     async def _release(self, hold: Hold, footprint: Interval) -> None:
@@ -394,28 +430,47 @@ class BookingService:
             raise InvalidInput("send either hold_id, or service_id and start", field="hold_id")
         else:
             assignment = None
-        async with self.db.transaction(caller.tenant) as conn:
-            replay = await claim(conn, caller.tenant, idem)
-            if replay is not None:
-                return replay
-            record = await repo.get_service(conn, service_id)
-            if assignment is None:
-                assignment = await self._assign(conn, record, start, pins, now)
-            booking = await self._book_locked(
-                conn, caller, record, start, assignment, now, customer, exclude=()
-            )
-            body = await repo.get_booking(conn, booking.id)
-            body = _booking_json(body)
-            await remember(conn, caller.tenant, idem, 201, body)
-            await audit(
-                conn,
-                caller,
-                "booking.create",
-                "booking",
-                booking.id,
-                request_id,
-                {"start": iso(start), "hold": hold is not None},
-            )
+        # A direct booking picks its resources from a snapshot; if a concurrent booking took
+        # them before our locks, the whole transaction is re-planned from a fresh snapshot
+        # (never by taking more locks mid-transaction, which could deadlock).
+        attempts = 1 if assignment is not None else self.limits.replan_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.db.transaction(caller.tenant) as conn:
+                    replay = await claim(conn, caller.tenant, idem)
+                    if replay is not None:
+                        return replay
+                    catalog = await self.catalogs.get(conn, caller.tenant)
+                    record = catalog.service(service_id)
+                    chosen = assignment or await self._assign(
+                        conn, catalog, record, start, pins, now
+                    )
+                    booking = await self._book_locked(
+                        conn,
+                        caller,
+                        catalog,
+                        record,
+                        start,
+                        chosen,
+                        now,
+                        customer,
+                        exclude=(),
+                        replan=attempt < attempts,
+                    )
+                    body = _booking_json(await repo.get_booking(conn, booking.id))
+                    await remember(conn, caller.tenant, idem, 201, body)
+                    await audit(
+                        conn,
+                        caller,
+                        "booking.create",
+                        "booking",
+                        booking.id,
+                        request_id,
+                        {"start": iso(start), "hold": hold is not None},
+                    )
+                break
+            except _StalePlan:
+                continue
         if hold is not None:
             await self._release(hold, record.service.footprint(hold.start))
         return 201, body
@@ -423,6 +478,7 @@ class BookingService:
     async def _assign(
         self,
         conn: Conn,
+        catalog: repo.Catalog,
         record: repo.ServiceRecord,
         start: datetime,
         pins: Sequence[str],
@@ -431,7 +487,7 @@ class BookingService:
     ) -> Assignment:
         """Pick resources for a direct booking from a snapshot (re-checked under the lock)."""
         service, calendars = await self._calendars(
-            conn, record.service, record.service.footprint(start), pins, exclude
+            conn, catalog, record.service, record.service.footprint(start), pins, exclude
         )
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
@@ -442,6 +498,7 @@ class BookingService:
         self,
         conn: Conn,
         caller: Caller,
+        catalog: repo.Catalog,
         record: repo.ServiceRecord,
         start: datetime,
         assignment: Assignment,
@@ -449,17 +506,21 @@ class BookingService:
         customer: str,
         exclude: Sequence[str],
         rescheduled_from: str | None = None,
+        replan: bool = False,
     ) -> repo.NewBooking:
-        """Lock the assigned resources, re-check everything under the lock, insert."""
+        """Lock the assigned resources, re-check everything under the lock, insert.
+
+        With ``replan``, a refusal under the lock means "the snapshot was stale": the caller
+        rolls back and plans again instead of answering 409."""
         resource_ids = [rid for _, rid in assignment]
         await repo.lock_resources(conn, resource_ids)
         service = pinned_to(record.service, assignment)
         window = service.footprint(start)
-        resources = await repo.load_resources(conn, service, resource_ids)
-        calendars = await repo.load_calendars(conn, resources, window, exclude)
+        resources = catalog.resources_for(service, resource_ids)
+        calendars = await repo.load_calendars(conn, catalog, resources, window, exclude)
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
-            raise refuse(verdict)
+            raise _StalePlan() if replan else refuse(verdict)
         booking = _new_booking(
             record, calendars, start, verdict.assignment, customer, caller.key_id, rescheduled_from
         )
@@ -470,7 +531,8 @@ class BookingService:
         self, conn: Conn, tenant_id: str, bookings: Sequence[repo.NewBooking]
     ) -> None:
         try:
-            await repo.insert_bookings(conn, tenant_id, bookings)
+            async with conn.pipeline():  # sync here, so a violation is raised (and mapped) here
+                await repo.insert_bookings(conn, tenant_id, bookings)
         except psycopg.errors.ExclusionViolation as exc:
             # Layer 3 caught what layers 1 and 2 should have: still a conflict, never a 500.
             raise SlotConflict(
@@ -517,7 +579,8 @@ class BookingService:
                 return replay
             booking = await repo.get_booking(conn, booking_id, for_update=True)
             if booking["status"] == "confirmed":
-                record = await repo.get_service(conn, booking["service_id"])
+                catalog = await self.catalogs.get(conn, caller.tenant)
+                record = catalog.service(booking["service_id"])
                 cutoff = booking["starts_at"] - record.rules.cancel_cutoff
                 if now > cutoff:
                     raise RuleViolation(
@@ -551,7 +614,8 @@ class BookingService:
                 raise RuleViolation(
                     "only a confirmed booking can be rescheduled", why={"reason": "not_confirmed"}
                 )
-            record = await repo.get_service(conn, old["service_id"])
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            record = catalog.service(old["service_id"])
             cutoff = old["starts_at"] - record.rules.reschedule_cutoff
             if now > cutoff:
                 raise RuleViolation(
@@ -562,12 +626,14 @@ class BookingService:
             current = [r["resource_id"] for r in old["resources"]]
             try:
                 assignment = await self._assign(
-                    conn, record, start, pins or current, now, exclude=[booking_id]
+                    conn, catalog, record, start, pins or current, now, exclude=[booking_id]
                 )
             except ServiceError:
                 if pins:
                     raise
-                assignment = await self._assign(conn, record, start, (), now, exclude=[booking_id])
+                assignment = await self._assign(
+                    conn, catalog, record, start, (), now, exclude=[booking_id]
+                )
             # Lock the old resources first too: one global order is kept because
             # lock_resources sorts, and re-locking a held advisory lock is a no-op.
             await repo.lock_resources(conn, [*current, *(rid for _, rid in assignment)])
@@ -575,6 +641,7 @@ class BookingService:
             new = await self._book_locked(
                 conn,
                 caller,
+                catalog,
                 record,
                 start,
                 assignment,
@@ -625,7 +692,8 @@ class BookingService:
             replay = await claim(conn, caller.tenant, idem)
             if replay is not None:
                 return replay
-            record = await repo.get_service(conn, service_id)
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            record = catalog.service(service_id)
             series_zone = zone or record.rules.zone
             rule = Series(series_zone, starts_local, record.service.duration, rrule)
             window = Interval(now, now + horizon)
@@ -642,14 +710,14 @@ class BookingService:
                 record.service.footprint(occurrences[0].start).start,
                 record.service.footprint(occurrences[-1].start).end,
             )
-            service, calendars = await self._calendars(conn, record.service, span, pins)
+            service, calendars = await self._calendars(conn, catalog, record.service, span, pins)
             assignment = _common_assignment(
                 service, calendars, [o.start for o in occurrences], now, record.rules
             )
             await repo.lock_resources(conn, [rid for _, rid in assignment])
             pinned = pinned_to(record.service, assignment)
-            resources = await repo.load_resources(conn, pinned, [rid for _, rid in assignment])
-            calendars = await repo.load_calendars(conn, resources, span)
+            resources = catalog.resources_for(pinned, [rid for _, rid in assignment])
+            calendars = await repo.load_calendars(conn, catalog, resources, span)
             series_id = repo.new_id()
             await repo.insert_series(
                 conn,
@@ -733,13 +801,14 @@ class BookingService:
     async def _calendars(
         self,
         conn: Conn,
+        catalog: repo.Catalog,
         service: Service,
         window: Interval,
         pins: Sequence[str],
         exclude: Sequence[str] = (),
     ) -> tuple[Service, dict[str, ResourceCalendar]]:
         """``service`` with pinned resources applied, and calendars of its candidates only."""
-        resources = await repo.load_resources(conn, service)
+        resources = catalog.resources_for(service)
         if pins:
             unknown = set(pins) - set(resources)
             if unknown:
@@ -756,7 +825,7 @@ class BookingService:
                 for rid, r in resources.items()
                 if any(req.admits(r) for req in service.requirements)
             }
-        return service, await repo.load_calendars(conn, resources, window, exclude)
+        return service, await repo.load_calendars(conn, catalog, resources, window, exclude)
 
     async def _add_live_holds(
         self,
@@ -780,6 +849,11 @@ class BookingService:
                 )
                 calendars[rid].add(Busy(span, nonce, BusyKind.HOLD))
         return True
+
+
+def idem_nonce(caller: Caller, idem: Idempotency) -> str:
+    seed = f"{caller.tenant}|{caller.key_id}|{idem.key}|".encode() + idem.fingerprint
+    return hashlib.sha256(seed).hexdigest()[:16]
 
 
 def _claims(hold: Hold, footprint: Interval) -> list[Claim]:

@@ -6,6 +6,7 @@ requirements), so what the database stores is exactly what the engine accepts.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -18,8 +19,9 @@ from engine.timezones import zone as check_zone
 from service import repository as repo
 from service.auth import ALL_SCOPES, SCOPES, Caller, new_key
 from service.db import Database, Idempotency, audit, claim, remember
-from service.errors import Forbidden, InvalidInput, NotFound
+from service.errors import Forbidden, IdempotencyInFlight, InvalidInput, NotFound
 
+_TENANT_NAMESPACE = uuid.UUID("6f1d8a52-3c1e-4f0e-9a55-5b0f0f5e7a11")
 RULE_KEYS = {
     "min_lead_minutes": (0, 60 * 24 * 365),
     "max_advance_days": (1, 3650),
@@ -91,6 +93,23 @@ def valid_requirements(raw: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# A booking calendar has nothing that recurs more often than daily; finer rules would make every
+# calendar expansion explode (FREQ=SECONDLY is ~10^6 instances a fortnight).
+ALLOWED_FREQUENCIES = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+
+
+def valid_rrule(rrule: str, field: str = "rrule") -> str:
+    """The service's policy on top of the engine's RFC 5545 checks: FREQ DAILY or coarser."""
+    for part in rrule.strip().upper().removeprefix("RRULE:").split(";"):
+        key, _, value = (s.strip() for s in part.partition("="))
+        if key == "FREQ" and value not in ALLOWED_FREQUENCIES:
+            raise InvalidInput(
+                f"FREQ={value} is not supported; use one of {', '.join(ALLOWED_FREQUENCIES)}",
+                field=field,
+            )
+    return rrule
+
+
 def valid_hours(
     zone: str, starts_local: datetime, minutes: int, rrule: str | None, field: str
 ) -> None:
@@ -98,6 +117,8 @@ def valid_hours(
         raise InvalidInput(
             "starts_local is a local wall time: no offset", field=f"{field}.starts_local"
         )
+    if rrule is not None:
+        valid_rrule(rrule, f"{field}.rrule")
     try:
         Series(zone, starts_local, timedelta(minutes=minutes), rrule)
     except (InvalidRecurrence, UnknownZone, ValueError) as exc:
@@ -111,17 +132,28 @@ class CatalogService:
 
     # --- tenants and keys ----------------------------------------------------------------------
     async def create_tenant(
-        self, caller: Caller, body: dict[str, Any], request_id: str | None
+        self, caller: Caller, body: dict[str, Any], idem: Idempotency | None, request_id: str | None
     ) -> tuple[int, dict[str, Any]]:
         if caller.tenant_id is not None:
             raise Forbidden("creating tenants needs the admin key")
         zone = valid_zone(body["zone"])
         rules = valid_rules(body.get("rules") or {}, zone)
-        tenant_id = repo.new_id()
+        # With an Idempotency-Key the tenant id is derived from it, so a retry meets the tenant
+        # its first attempt created (and that attempt's stored answer) instead of a twin.
+        tenant_id = (
+            str(uuid.uuid5(_TENANT_NAMESPACE, idem.key)) if idem is not None else repo.new_id()
+        )
         key = new_key()
         key_id = repo.new_id()
         async with self.db.transaction(tenant_id) as conn:
-            await repo.insert_tenant(conn, tenant_id, body["name"], zone, rules)
+            if not await repo.insert_tenant(conn, tenant_id, body["name"], zone, rules):
+                replay = await claim(conn, tenant_id, idem)
+                if replay is None:
+                    raise IdempotencyInFlight("retry: the first request with this key failed")
+                status, first = replay
+                # The token is a secret shown once; the replay names the key without it.
+                return status, {**first, "api_key": {**first["api_key"], "token": None}}
+            await claim(conn, tenant_id, idem)
             await repo.insert_api_key(
                 conn, tenant_id, key_id, key.prefix, key.secret_hash, ALL_SCOPES, "initial"
             )
@@ -129,10 +161,13 @@ class CatalogService:
                 conn, caller, "tenant.create", "tenant", tenant_id, request_id, tenant_id=tenant_id
             )
             tenant = await repo.get_tenant(conn, tenant_id)
-        return 201, {
-            "tenant": _tenant_json(tenant),
-            "api_key": {"id": key_id, "token": key.token, "scopes": list(ALL_SCOPES)},
-        }
+            answer = {
+                "tenant": _tenant_json(tenant),
+                "api_key": {"id": key_id, "token": None, "scopes": list(ALL_SCOPES)},
+            }
+            await remember(conn, tenant_id, idem, 201, answer)
+        answer["api_key"]["token"] = key.token
+        return 201, answer
 
     async def get_tenant(self, caller: Caller, request_id: str | None) -> dict[str, Any]:
         caller.require("read")

@@ -51,10 +51,13 @@ class Database:
     async def transaction(self, tenant_id: str | None) -> AsyncIterator[Conn]:
         """A transaction scoped to ``tenant_id`` (None: no tenant — RLS then shows nothing).
 
-        PostgreSQL being down fails closed: a 503, never a guess.
+        PostgreSQL being down fails closed: a 503, never a guess. The transaction runs in
+        pipeline mode: statements whose results nobody reads (BEGIN, set_config, locks, audit
+        rows, COMMIT) travel with the next query instead of costing a round trip each; errors
+        surface at the next sync point (a fetch, or a nested `conn.pipeline()` block's end).
         """
         try:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                 if tenant_id is not None:
                     await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant_id,))
                 yield conn

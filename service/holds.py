@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from service.errors import HoldExpired, InvalidInput, Unauthorized
+from service.errors import Forbidden, HoldExpired, InvalidInput
 
 # No footprint (service + buffers) is longer than this; the scan window for overlap relies on it.
 MAX_FOOTPRINT = timedelta(days=3)
@@ -255,7 +255,7 @@ class HoldTokens:
             degraded=bool(data["d"]),
         )
         if hold.tenant_id != tenant_id or hold.owner != owner:
-            raise Unauthorized("this hold belongs to another caller")
+            raise Forbidden("this hold belongs to another caller")
         if hold.expires_at <= now:
             raise HoldExpired(f"hold expired at {hold.expires_at.isoformat()}")
         return hold

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -95,11 +96,14 @@ class ServiceRecord:
 # --- tenants and keys ------------------------------------------------------------------------
 async def insert_tenant(
     conn: Conn, tenant_id: str, name: str, zone: str, rules: dict[str, Any]
-) -> None:
-    await conn.execute(
-        "INSERT INTO tenants (id, name, zone, rules) VALUES (%s, %s, %s, %s)",
+) -> bool:
+    """Insert the tenant; False if that id exists already (an idempotent retry)."""
+    cur = await conn.execute(
+        "INSERT INTO tenants (id, name, zone, rules) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (id) DO NOTHING RETURNING 1",
         (tenant_id, name, zone, json.dumps(rules)),
     )
+    return await cur.fetchone() is not None
 
 
 async def get_tenant(conn: Conn, tenant_id: str) -> dict[str, Any]:
@@ -306,23 +310,75 @@ def _service_record(
 
 
 # --- calendars -------------------------------------------------------------------------------
-async def load_resources(
-    conn: Conn, service: Service, only: Sequence[str] = ()
-) -> dict[str, Resource]:
-    """Active resources that some requirement of ``service`` admits (optionally only ``only``)."""
-    kinds = sorted({req.kind.value for req in service.requirements})
-    params: list[Any] = [kinds]
-    where = "active AND kind = ANY(%s)"
-    if only:
-        where += " AND id = ANY(%s::uuid[])"
-        params.append(list(only))
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """A tenant's services, active resources and working hours at one catalog version."""
+
+    version: int
+    services: dict[str, ServiceRecord]
+    resources: dict[str, Resource]
+    hours: dict[str, tuple[Series, ...]]
+
+    def service(self, sid: str) -> ServiceRecord:
+        record = self.services.get(sid)
+        if record is None:
+            raise NotFound(f"service {sid} not found", service_id=sid)
+        return record
+
+    def resources_for(self, service: Service, only: Sequence[str] = ()) -> dict[str, Resource]:
+        """Active resources some requirement of ``service`` admits (optionally only ``only``)."""
+        pool = (
+            self.resources
+            if not only
+            else {r: self.resources[r] for r in only if r in self.resources}
+        )
+        return {
+            rid: r for rid, r in pool.items() if any(req.admits(r) for req in service.requirements)
+        }
+
+
+class CatalogCache:
+    """Per-tenant catalogs in memory, checked against `tenants.catalog_version` (bumped by
+    triggers on every catalog change) at the start of each use, so they are never stale."""
+
+    def __init__(self, max_tenants: int = 1024) -> None:
+        self._entries: OrderedDict[str, Catalog] = OrderedDict()
+        self._max = max_tenants
+
+    async def get(self, conn: Conn, tenant_id: str) -> Catalog:
+        cur = await conn.execute("SELECT catalog_version FROM tenants WHERE id = %s", (tenant_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound("tenant not found")
+        version = int(row["catalog_version"])
+        cached = self._entries.get(tenant_id)
+        if cached is not None and cached.version == version:
+            self._entries.move_to_end(tenant_id)
+            return cached
+        catalog = await _load_catalog(conn, version)
+        self._entries[tenant_id] = catalog
+        self._entries.move_to_end(tenant_id)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return catalog
+
+
+async def _load_catalog(conn: Conn, version: int) -> Catalog:
+    cur = await conn.execute("SELECT zone, rules FROM tenants")
+    tenant = await cur.fetchone()
+    if tenant is None:
+        raise NotFound("tenant not found")
+    cur = await conn.execute(f"SELECT {SERVICE_COLUMNS} FROM services")
+    services = {
+        row["id"]: _service_record(row, tenant["zone"], tenant["rules"])
+        for row in await cur.fetchall()
+    }
     cur = await conn.execute(
-        "SELECT id::text, kind, zone, skills, daily_capacity, daily_minutes"
-        f" FROM resources WHERE {where}",
-        params,
+        "SELECT id::text, kind, zone, skills, daily_capacity, daily_minutes FROM resources"
+        " WHERE active"
     )
-    resources = (
-        Resource(
+    resources = {
+        row["id"]: Resource(
             row["id"],
             ResourceKind(row["kind"]),
             row["zone"],
@@ -331,40 +387,40 @@ async def load_resources(
             row["daily_minutes"],
         )
         for row in await cur.fetchall()
+    }
+    hours: dict[str, list[Series]] = {rid: [] for rid in resources}
+    cur = await conn.execute(
+        "SELECT resource_id::text, starts_local, duration_minutes, rrule FROM working_hours"
     )
-    return {r.id: r for r in resources if any(req.admits(r) for req in service.requirements)}
+    for row in await cur.fetchall():
+        rid = row["resource_id"]
+        if rid in hours:
+            hours[rid].append(
+                Series(
+                    resources[rid].zone,
+                    row["starts_local"],
+                    timedelta(minutes=row["duration_minutes"]),
+                    row["rrule"],
+                )
+            )
+    return Catalog(version, services, resources, {rid: tuple(h) for rid, h in hours.items()})
 
 
 async def load_calendars(
     conn: Conn,
+    catalog: Catalog,
     resources: Mapping[str, Resource],
     window: Interval,
     exclude: Sequence[str] = (),
 ) -> dict[str, ResourceCalendar]:
-    """Calendars of ``resources`` for questions about ``window``: working hours, exceptions and
-    bookings overlapping it, and per-day booking counts for daily capacity (one aggregate over
-    the whole local days around the window, only for resources that have a daily limit; the
-    busy entries themselves are then not counted again).
+    """Calendars of ``resources`` for questions about ``window``: working hours from the
+    catalog; exceptions and bookings overlapping the window; per-day booking counts for daily
+    capacity (one aggregate over the whole local days around the window, only for resources
+    with a daily limit; the busy entries themselves are then not counted again).
     Bookings in ``exclude`` are left out (a reschedule does not collide with itself)."""
     if not resources:
         return {}
     ids = list(resources)
-    hours: dict[str, list[Series]] = {rid: [] for rid in ids}
-    cur = await conn.execute(
-        "SELECT resource_id::text, starts_local, duration_minutes, rrule FROM working_hours"
-        " WHERE resource_id = ANY(%s::uuid[])",
-        (ids,),
-    )
-    for row in await cur.fetchall():
-        rid = row["resource_id"]
-        hours[rid].append(
-            Series(
-                resources[rid].zone,
-                row["starts_local"],
-                timedelta(minutes=row["duration_minutes"]),
-                row["rrule"],
-            )
-        )
     busy: dict[str, list[Busy]] = {rid: [] for rid in ids}
     during = Range(window.start, window.end)
     cur = await conn.execute(
@@ -407,7 +463,10 @@ async def load_calendars(
         )
         for row in await cur.fetchall():
             loads[row["rid"]][row["local_day"]] = (int(row["n"]), int(row["minutes"]))
-    return {rid: ResourceCalendar(resources[rid], hours[rid], busy[rid], loads[rid]) for rid in ids}
+    return {
+        rid: ResourceCalendar(resources[rid], catalog.hours.get(rid, ()), busy[rid], loads[rid])
+        for rid in ids
+    }
 
 
 _BUSY_KINDS = {

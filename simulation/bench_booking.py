@@ -19,6 +19,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -105,33 +106,34 @@ async def _http_run(
         queue.put_nowait(target)
     outcomes: Counter[int] = Counter()
     confirmed: list[str] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, timeout=120, limits=limits
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        base_url, headers=headers, connector=connector, timeout=timeout
     ) as client:
 
         async def worker() -> None:
             while not queue.empty():
                 staff_id, start = queue.get_nowait()
-                hold = await client.post(
-                    "/v1/holds",
-                    json={
-                        "service_id": service_id,
-                        "start": start.isoformat(),
-                        "resource_ids": [staff_id],
-                    },
-                )
-                if hold.status_code != 201:
-                    outcomes[hold.status_code] += 1
-                    continue
-                done = await client.post(
+                hold_body = {
+                    "service_id": service_id,
+                    "start": start.isoformat(),
+                    "resource_ids": [staff_id],
+                }
+                async with client.post("/v1/holds", json=hold_body) as hold:
+                    held = await hold.json(content_type=None)
+                    if hold.status != 201:
+                        outcomes[hold.status] += 1
+                        continue
+                async with client.post(
                     "/v1/bookings",
-                    json={"hold_id": hold.json()["id"]},
+                    json={"hold_id": held["id"]},
                     headers={"Idempotency-Key": secrets.token_hex(8)},
-                )
-                outcomes[done.status_code] += 1
-                if done.status_code == 201:
-                    confirmed.append(done.json()["id"])
+                ) as done:
+                    body = await done.json(content_type=None)
+                    outcomes[done.status] += 1
+                    if done.status == 201:
+                        confirmed.append(body["id"])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -12,6 +12,9 @@ CREATE TABLE tenants (
     name        text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
     zone        text NOT NULL,
     rules       jsonb NOT NULL DEFAULT '{}',
+    -- Bumped by every change to the tenant's resources, working hours or services, so the
+    -- service may cache that catalog in memory and still read it fresh (one tiny query).
+    catalog_version  bigint NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
@@ -176,6 +179,25 @@ $$;
 CREATE TRIGGER booking_resources_specialization
     BEFORE INSERT OR UPDATE OF resource_id, requirement_index, service_id ON booking_resources
     FOR EACH ROW EXECUTE FUNCTION check_specialization();
+
+CREATE FUNCTION bump_catalog_version() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE tenants SET catalog_version = catalog_version + 1 WHERE id = app_tenant();
+    RETURN NULL;
+END
+$$;
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['resources', 'working_hours', 'services'] LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION bump_catalog_version()',
+                       t || '_catalog_version', t);
+    END LOOP;
+END
+$$;
 
 -- A retried POST with the same Idempotency-Key returns the stored first answer.
 CREATE TABLE idempotency_keys (

@@ -300,3 +300,31 @@ def test_fast_forward_matches_full_iteration(
     for rid in expected:
         occurrence = Series(NY, rid, HOUR).expand(window)
         assert (rid in got) == bool(occurrence)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=DAILY;COUNT=0",
+        "FREQ=DAILY;COUNT=-3",
+        "FREQ=WEEKLY;INTERVAL=0",
+        "FREQ=WEEKLY;INTERVAL=-1",
+        "FREQ=MONTHLY;BYMONTHDAY=0",
+        "FREQ=YEARLY;BYYEARDAY=1,0",
+        "FREQ=YEARLY;BYWEEKNO=0",
+        "FREQ=MONTHLY;BYDAY=MO;BYSETPOS=0",
+    ],
+)
+def test_out_of_range_rule_parts_are_refused(rule: str) -> None:
+    """dateutil would accept these and misbehave at expansion time."""
+    with pytest.raises(InvalidRecurrence):
+        Series(NY, datetime(2024, 1, 1, 9), HOUR, rule)
+
+
+def test_negative_month_days_remain_valid() -> None:
+    s = Series(NY, datetime(2024, 1, 31, 9), HOUR, "FREQ=MONTHLY;BYMONTHDAY=-1;COUNT=3")
+    assert [o.local_start.day for o in s.expand(Interval(utc(2024, 1, 1), utc(2024, 6, 1)))] == [
+        31,
+        29,
+        31,
+    ]
