@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -36,12 +36,16 @@ from service.catalog import CatalogService, valid_rrule, valid_zone
 from service.db import Database, Idempotency
 from service.errors import PROBLEM_BASE, InvalidInput, ServiceError, Unauthorized
 from service.holds import HoldTokens, RedisHoldStore
+from service.queue import QueueService
 from service.schemas import (
     ApiKeyIn,
+    AutoAssignIn,
     BookingIn,
     ExceptionIn,
     HoldExtendIn,
     HoldIn,
+    QueueAssignIn,
+    QueueIn,
     RescheduleIn,
     ResourceIn,
     SeriesIn,
@@ -126,6 +130,11 @@ def provide_request_id(request: Request[Any, Any, State]) -> str:
 
 def booking(request: Request[Any, Any, State]) -> BookingService:
     service: BookingService = request.app.state.booking
+    return service
+
+
+def queue(request: Request[Any, Any, State]) -> QueueService:
+    service: QueueService = request.app.state.queue
     return service
 
 
@@ -496,12 +505,14 @@ async def cancel_booking(
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
-    """Cancel a booking (subject to the cancellation cut-off); cancelling twice is a no-op."""
-    return respond(
-        await booking(request).cancel(
-            caller, str(booking_id), idem(idempotency_key, request, {}), request_id
-        )
+    """Cancel a booking (subject to the cancellation cut-off); cancelling twice is a no-op.
+    `queue_offers` lists the waiting queue entries that now fit the freed time, best first;
+    the best one's slot is held for the queue for 15 minutes."""
+    status, body = await booking(request).cancel(
+        caller, str(booking_id), idem(idempotency_key, request, {}), request_id
     )
+    offers = await queue(request).offer_freed(caller, body, request_id)
+    return Response(content={**body, "queue_offers": offers}, status_code=status)
 
 
 @post("/v1/bookings/{booking_id:uuid}/reschedule", status_code=201)
@@ -590,8 +601,139 @@ async def audit_feed(
     after_id: Annotated[int, Parameter(ge=0)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """The tenant's audit trail, oldest first, paged by `after_id`."""
-    return await catalog(request).audit_feed(caller, after_id, limit, request_id)
+    """The tenant's audit trail (every read and write), oldest first, paged by `after_id`."""
+    return await catalog(request).audit_feed(caller, after_id, limit, False, None, request_id)
+
+
+@get("/v1/activity")
+async def activity_feed(
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    after_id: Annotated[int, Parameter(ge=0)] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    entity: Annotated[str | None, Parameter(max_length=40)] = None,
+) -> dict[str, Any]:
+    """What happened: appointments, staff and service changes, queue assignments (no reads),
+    oldest first, paged by `after_id`; `entity` narrows it (booking, resource, queue_entry...)."""
+    return await catalog(request).audit_feed(caller, after_id, limit, True, entity, request_id)
+
+
+@get("/v1/capacity")
+async def get_capacity(
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    first: Annotated[date, Parameter(query="from")],
+    last: Annotated[date, Parameter(query="to")],
+    resource_ids: Annotated[list[uuid.UUID] | None, Parameter(query="resource_id")] = None,
+) -> list[dict[str, Any]]:
+    """Booked and remaining daily capacity per resource (default: all staff) and local day."""
+    ids = [str(r) for r in resource_ids or []]
+    return await booking(request).capacity(caller, first, last, ids, request_id)
+
+
+# --- the waiting queue ------------------------------------------------------------------------
+@post("/v1/queue", status_code=201)
+async def enqueue(
+    data: QueueIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Accept an appointment without a time or resources: a window of acceptable starts and a
+    priority. It waits until assigned by hand or by auto-assign."""
+    body = {
+        "service_id": data.service_id,
+        "earliest": instant(data.earliest, "earliest"),
+        "latest": instant(data.latest, "latest"),
+        "priority": data.priority,
+        "customer": data.customer,
+    }
+    return respond(
+        await queue(request).enqueue(caller, body, idem(idempotency_key, request, data), request_id)
+    )
+
+
+@get("/v1/queue")
+async def list_queue(
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    status: Annotated[str, Parameter(pattern="^(waiting|assigned|withdrawn)$")] = "waiting",
+    service_id: uuid.UUID | None = None,
+    order: Annotated[str, Parameter(pattern="^(priority|age)$")] = "priority",
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+) -> dict[str, Any]:
+    """The queue, by priority (highest, then oldest) or by age; paged by `offset`."""
+    sid = str(service_id) if service_id else None
+    return await queue(request).list_entries(caller, status, sid, order, limit, offset, request_id)
+
+
+@get("/v1/queue/{entry_id:uuid}")
+async def get_queue_entry(
+    entry_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """One queue entry, with why the last auto-assign left it waiting."""
+    return await queue(request).get(caller, str(entry_id), request_id)
+
+
+@post("/v1/queue/{entry_id:uuid}/assign", status_code=201)
+async def assign_queue_entry(
+    entry_id: uuid.UUID,
+    data: QueueAssignIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Assign one entry by hand: a start in its window, optionally the resources; validated
+    and booked like any booking (409 if taken, 422 naming a missing skill)."""
+    return respond(
+        await queue(request).assign_one(
+            caller,
+            str(entry_id),
+            instant(data.start, "start"),
+            data.resource_ids,
+            idem(idempotency_key, request, data),
+            request_id,
+        )
+    )
+
+
+@post("/v1/queue/{entry_id:uuid}/withdraw", status_code=200)
+async def withdraw_queue_entry(
+    entry_id: uuid.UUID,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
+    idempotency_key: IdemKey = None,
+) -> Response[Any]:
+    """Take an entry off the queue."""
+    return respond(
+        await queue(request).withdraw(
+            caller, str(entry_id), idem(idempotency_key, request, {}), request_id
+        )
+    )
+
+
+@post("/v1/queue/auto-assign", status_code=200)
+async def auto_assign_queue(
+    data: AutoAssignIn, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    """Assign the waiting queue (or the entries overlapping [from, to), or one service's) with
+    the CP-SAT model — most entries first, then priority, then balanced load — and book each
+    placement through the locked path. Entries left waiting come with a reason."""
+    window = None
+    if data.start is not None or data.end is not None:
+        if data.start is None or data.end is None:
+            raise InvalidInput("send both from and to, or neither", field="to")
+        window = window_of(data.start, data.end)
+    return await queue(request).auto_assign(
+        caller, window, data.service_id, data.time_limit_seconds, request_id
+    )
 
 
 # --- errors: the one place they become HTTP -------------------------------------------------
@@ -654,6 +796,7 @@ def create_app(config: AppConfig) -> Litestar:
         app.state.authenticator = Authenticator(db, config.admin_key, config.auth_cache_seconds)
         app.state.booking = BookingService(db, holds, HoldTokens(config.hold_secret), config.clock)
         app.state.catalog = CatalogService(db, config.clock)
+        app.state.queue = QueueService(app.state.booking)
         try:
             yield
         finally:
@@ -692,6 +835,14 @@ def create_app(config: AppConfig) -> Litestar:
             get_series,
             cancel_series,
             audit_feed,
+            activity_feed,
+            get_capacity,
+            enqueue,
+            list_queue,
+            get_queue_entry,
+            assign_queue_entry,
+            withdraw_queue_entry,
+            auto_assign_queue,
         ],
         dependencies={
             "caller": Provide(provide_caller),

@@ -15,14 +15,14 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from engine.calendar import ResourceCalendar, seconds
 from engine.intervals import Interval
-from engine.model import Busy, BusyKind, Requirement, Rules, Service
+from engine.model import Busy, BusyKind, Requirement, Resource, ResourceKind, Rules, Service
 from engine.recurrence import Series
 from engine.slots import (
     BeyondMaxAdvance,
@@ -48,6 +48,7 @@ from service.db import Conn, Database, Idempotency, audit, claim, remember
 from service.errors import (
     CapacityExceeded,
     InvalidInput,
+    NotFound,
     RuleViolation,
     ServiceError,
     SlotConflict,
@@ -206,7 +207,7 @@ class BookingService:
             span = Interval(
                 window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
             )
-            service, calendars = await self._calendars(conn, catalog, svc, span, pins)
+            service, calendars = await self.calendars_for(conn, catalog, svc, span, pins)
             await audit(
                 conn,
                 caller,
@@ -247,7 +248,9 @@ class BookingService:
             catalog = await self.catalogs.get(conn, caller.tenant)
             record = catalog.service(service_id)
             window = record.service.footprint(start)
-            service, calendars = await self._calendars(conn, catalog, record.service, window, pins)
+            service, calendars = await self.calendars_for(
+                conn, catalog, record.service, window, pins
+            )
             await audit(
                 conn,
                 caller,
@@ -287,7 +290,9 @@ class BookingService:
             catalog = await self.catalogs.get(conn, caller.tenant)
             record = catalog.service(service_id)
             window = record.service.footprint(start)
-            service, calendars = await self._calendars(conn, catalog, record.service, window, pins)
+            service, calendars = await self.calendars_for(
+                conn, catalog, record.service, window, pins
+            )
             await audit(
                 conn,
                 caller,
@@ -442,10 +447,8 @@ class BookingService:
                         return replay
                     catalog = await self.catalogs.get(conn, caller.tenant)
                     record = catalog.service(service_id)
-                    chosen = assignment or await self._assign(
-                        conn, catalog, record, start, pins, now
-                    )
-                    booking = await self._book_locked(
+                    chosen = assignment or await self.plan(conn, catalog, record, start, pins, now)
+                    booking = await self.book_locked(
                         conn,
                         caller,
                         catalog,
@@ -475,7 +478,7 @@ class BookingService:
             await self._release(hold, record.service.footprint(hold.start))
         return 201, body
 
-    async def _assign(
+    async def plan(
         self,
         conn: Conn,
         catalog: repo.Catalog,
@@ -486,7 +489,7 @@ class BookingService:
         exclude: Sequence[str] = (),
     ) -> Assignment:
         """Pick resources for a direct booking from a snapshot (re-checked under the lock)."""
-        service, calendars = await self._calendars(
+        service, calendars = await self.calendars_for(
             conn, catalog, record.service, record.service.footprint(start), pins, exclude
         )
         verdict = explain(service, calendars, start, now, record.rules)
@@ -494,7 +497,7 @@ class BookingService:
             raise refuse(verdict)
         return verdict.assignment
 
-    async def _book_locked(
+    async def book_locked(
         self,
         conn: Conn,
         caller: Caller,
@@ -625,20 +628,20 @@ class BookingService:
             # Without pins, prefer the booking's own resources, then anyone qualified.
             current = [r["resource_id"] for r in old["resources"]]
             try:
-                assignment = await self._assign(
+                assignment = await self.plan(
                     conn, catalog, record, start, pins or current, now, exclude=[booking_id]
                 )
             except ServiceError:
                 if pins:
                     raise
-                assignment = await self._assign(
+                assignment = await self.plan(
                     conn, catalog, record, start, (), now, exclude=[booking_id]
                 )
             # Lock the old resources first too: one global order is kept because
             # lock_resources sorts, and re-locking a held advisory lock is a no-op.
             await repo.lock_resources(conn, [*current, *(rid for _, rid in assignment)])
             await repo.cancel_bookings(conn, [booking_id])
-            new = await self._book_locked(
+            new = await self.book_locked(
                 conn,
                 caller,
                 catalog,
@@ -662,6 +665,59 @@ class BookingService:
                 {"from": booking_id},
             )
         return 201, body
+
+    async def capacity(
+        self,
+        caller: Caller,
+        first: date,
+        last: date,
+        resource_ids: Sequence[str],
+        request_id: str | None,
+    ) -> list[dict[str, Any]]:
+        """Booked and remaining daily capacity per resource and local day (of its own zone)."""
+        caller.require("read")
+        if last < first or (last - first).days > 62:
+            raise InvalidInput("`to` must be on or after `from`, at most 62 days on", field="to")
+        async with self.db.transaction(caller.tenant) as conn:
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            unknown = [rid for rid in resource_ids if rid not in catalog.resources]
+            if unknown:
+                raise NotFound(f"resource {unknown[0]} not found", resource_id=unknown[0])
+            chosen = [catalog.resources[rid] for rid in resource_ids] or [
+                r for r in catalog.resources.values() if r.kind is ResourceKind.STAFF
+            ]
+            cur = await conn.execute(
+                "SELECT resource_id::text AS rid, local_day, count(*) AS n, sum(minutes) AS m"
+                " FROM booking_resources WHERE active AND resource_id = ANY(%s::uuid[])"
+                " AND local_day BETWEEN %s AND %s GROUP BY 1, 2",
+                ([r.id for r in chosen], first, last),
+            )
+            loads = {(row["rid"], row["local_day"]): row for row in await cur.fetchall()}
+            await audit(conn, caller, "capacity.read", "resource", None, request_id)
+        out = []
+        for resource in sorted(chosen, key=lambda r: r.id):
+            day = first
+            while day <= last:
+                row = loads.get((resource.id, day))
+                count, minutes = (int(row["n"]), int(row["m"])) if row else (0, 0)
+                cap, cap_minutes = resource.daily_capacity, resource.daily_minutes
+                out.append(
+                    {
+                        "resource_id": resource.id,
+                        "date": day.isoformat(),
+                        "zone": resource.zone,
+                        "appointments": count,
+                        "minutes": minutes,
+                        "daily_capacity": cap,
+                        "daily_minutes": cap_minutes,
+                        "remaining_appointments": None if cap is None else max(cap - count, 0),
+                        "remaining_minutes": None
+                        if cap_minutes is None
+                        else max(cap_minutes - minutes, 0),
+                    }
+                )
+                day += timedelta(days=1)
+        return out
 
     # --- recurring series ----------------------------------------------------------------------
     async def create_series(
@@ -710,7 +766,7 @@ class BookingService:
                 record.service.footprint(occurrences[0].start).start,
                 record.service.footprint(occurrences[-1].start).end,
             )
-            service, calendars = await self._calendars(conn, catalog, record.service, span, pins)
+            service, calendars = await self.calendars_for(conn, catalog, record.service, span, pins)
             assignment = _common_assignment(
                 service, calendars, [o.start for o in occurrences], now, record.rules
             )
@@ -798,7 +854,7 @@ class BookingService:
         return 200, body
 
     # --- helpers -------------------------------------------------------------------------------
-    async def _calendars(
+    async def calendars_for(
         self,
         conn: Conn,
         catalog: repo.Catalog,
@@ -810,12 +866,18 @@ class BookingService:
         """``service`` with pinned resources applied, and calendars of its candidates only."""
         resources = catalog.resources_for(service)
         if pins:
-            unknown = set(pins) - set(resources)
-            if unknown:
+            refused = {
+                rid: _why_unfit(catalog, service, rid) for rid in pins if rid not in resources
+            }
+            if refused:
                 raise InvalidInput(
-                    "pinned resources that cannot serve this service (unknown, inactive or"
-                    " unqualified): " + ", ".join(sorted(unknown)),
+                    "; ".join(f"resource {rid} {why}" for rid, why in sorted(refused.items())),
                     field="resource_ids",
+                    missing_skills={
+                        rid: sorted(_missing_skills(catalog.resources[rid], service))
+                        for rid in refused
+                        if rid in catalog.resources
+                    },
                 )
             service = replace(
                 service, requirements=repo.pin(service.requirements, resources.values(), pins)
@@ -854,6 +916,21 @@ class BookingService:
 def idem_nonce(caller: Caller, idem: Idempotency) -> str:
     seed = f"{caller.tenant}|{caller.key_id}|{idem.key}|".encode() + idem.fingerprint
     return hashlib.sha256(seed).hexdigest()[:16]
+
+
+def _missing_skills(resource: Resource, service: Service) -> frozenset[str]:
+    """Skills the resource lacks for the closest requirement of its kind."""
+    gaps = [r.missing_skills(resource) for r in service.requirements if r.kind == resource.kind]
+    return min(gaps, key=len) if gaps else frozenset()
+
+
+def _why_unfit(catalog: repo.Catalog, service: Service, rid: str) -> str:
+    resource = catalog.resources.get(rid)
+    if resource is None:
+        return "is unknown or inactive"
+    if not any(r.kind == resource.kind for r in service.requirements):
+        return f"is a {resource.kind.value}, which this service does not use"
+    return "lacks skills: " + ", ".join(sorted(_missing_skills(resource, service)))
 
 
 def _claims(hold: Hold, footprint: Interval) -> list[Claim]:

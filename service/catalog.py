@@ -402,16 +402,23 @@ class CatalogService:
         return [r.public() for r in records]
 
     async def audit_feed(
-        self, caller: Caller, after_id: int, limit: int, request_id: str | None
+        self,
+        caller: Caller,
+        after_id: int,
+        limit: int,
+        writes_only: bool,
+        entity: str | None,
+        request_id: str | None,
     ) -> dict[str, Any]:
+        """Audit events oldest first, paged by ``after_id``. ``writes_only`` gives the activity
+        feed: bookings, staff and service changes, queue assignments — no reads."""
         caller.require("read")
         async with self.db.transaction(caller.tenant) as conn:
-            events = await repo.audit_feed(conn, after_id, limit)
+            events = await repo.audit_feed(conn, after_id, limit, writes_only, entity)
             await audit(conn, caller, "audit.read", "audit", None, request_id)
-        return {
-            "events": [_json_ready(e) for e in events],
-            "next_after_id": events[-1]["id"] if events else after_id,
-        }
+        feed: dict[str, Any] = {"events": [_json_ready(e) for e in events]}
+        feed["next_after_id"] = events[-1]["id"] if events else after_id
+        return feed
 
 
 def _tenant_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -631,10 +631,24 @@ async def cancel_series(conn: Conn, series_id: str, after: datetime) -> list[str
     return ids
 
 
-async def audit_feed(conn: Conn, after_id: int, limit: int) -> list[dict[str, Any]]:
+# Reads are audited too; the activity feed leaves them out.
+READ_ACTIONS = r"\.(read|list|explain|plan)$"
+
+
+async def audit_feed(
+    conn: Conn, after_id: int, limit: int, writes_only: bool = False, entity: str | None = None
+) -> list[dict[str, Any]]:
+    where: list[str] = ["id > %s"]
+    params: list[Any] = [after_id]
+    if writes_only:
+        where.append("action !~ %s")
+        params.append(READ_ACTIONS)
+    if entity:
+        where.append("entity = %s")
+        params.append(entity)
     cur = await conn.execute(
         "SELECT id, at, actor, action, entity, entity_id, request_id, detail FROM audit_events"
-        " WHERE id > %s ORDER BY id LIMIT %s",
-        (after_id, limit),
+        f" WHERE {' AND '.join(where)} ORDER BY id LIMIT %s",
+        [*params, limit],
     )
     return [dict(r) for r in await cur.fetchall()]

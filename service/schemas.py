@@ -113,3 +113,23 @@ class SeriesIn(Strict):
     resource_ids: Annotated[list[Id], Meta(max_length=20)] = msgspec.field(default_factory=list)
     customer: Customer = ""
     horizon_days: Annotated[int, Meta(ge=1, le=730)] | None = None
+
+
+class QueueIn(Strict):
+    service_id: Id
+    earliest: Instant
+    latest: Instant
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    customer: Customer = ""
+
+
+class QueueAssignIn(Strict):
+    start: Instant
+    resource_ids: Annotated[list[Id], Meta(max_length=20)] = msgspec.field(default_factory=list)
+
+
+class AutoAssignIn(Strict):
+    start: Instant | None = msgspec.field(default=None, name="from")
+    end: Instant | None = msgspec.field(default=None, name="to")
+    service_id: Id | None = None
+    time_limit_seconds: Annotated[float, Meta(ge=0.5, le=60)] = 8.0
