@@ -244,22 +244,10 @@ class BookingService:
     ) -> dict[str, Any]:
         caller.require("read")
         now = self.clock()
-        async with self.db.transaction(caller.tenant) as conn:
-            catalog = await self.catalogs.get(conn, caller.tenant)
-            record = catalog.service(service_id)
-            window = record.service.footprint(start)
-            service, calendars = await self.calendars_for(
-                conn, catalog, record.service, window, pins
-            )
-            await audit(
-                conn,
-                caller,
-                "availability.explain",
-                "service",
-                service_id,
-                request_id,
-                {"start": iso(start)},
-            )
+        record, service, calendars = await self._one_start(
+            caller, service_id, start, pins, "availability.explain", request_id
+        )
+        window = record.service.footprint(start)
         await self._add_live_holds(caller.tenant, calendars, window, service)
         return describe(explain(service, calendars, start, now, record.rules))
 
@@ -278,30 +266,11 @@ class BookingService:
         in Redis derives from the key and request, so a retry re-takes the same hold (the
         acquire script ignores a hold's own claims) rather than colliding with it."""
         caller.require("book")
-        ttl = ttl or self.limits.hold_ttl
-        if not timedelta(seconds=5) <= ttl <= self.limits.max_hold_ttl:
-            raise InvalidInput(
-                "ttl_seconds must be between 5 and"
-                f" {int(self.limits.max_hold_ttl.total_seconds())}",
-                field="ttl_seconds",
-            )
+        ttl = self._ttl(ttl)
         now = self.clock()
-        async with self.db.transaction(caller.tenant) as conn:
-            catalog = await self.catalogs.get(conn, caller.tenant)
-            record = catalog.service(service_id)
-            window = record.service.footprint(start)
-            service, calendars = await self.calendars_for(
-                conn, catalog, record.service, window, pins
-            )
-            await audit(
-                conn,
-                caller,
-                "hold.create",
-                "service",
-                service_id,
-                request_id,
-                {"start": iso(start)},
-            )
+        record, service, calendars = await self._one_start(
+            caller, service_id, start, pins, "hold.create", request_id
+        )
         nonce = new_nonce() if idem is None else idem_nonce(caller, idem)
         verdict, degraded = await self._plan_and_hold(
             caller.tenant, nonce, service, calendars, start, now, record.rules, ttl
@@ -317,6 +286,37 @@ class BookingService:
             degraded,
         )
         return self._hold_json(hold)
+
+    def _ttl(self, ttl: timedelta | None) -> timedelta:
+        ttl = ttl or self.limits.hold_ttl
+        if not timedelta(seconds=5) <= ttl <= self.limits.max_hold_ttl:
+            raise InvalidInput(
+                "ttl_seconds must be between 5 and"
+                f" {int(self.limits.max_hold_ttl.total_seconds())}",
+                field="ttl_seconds",
+            )
+        return ttl
+
+    async def _one_start(
+        self,
+        caller: Caller,
+        service_id: str,
+        start: datetime,
+        pins: Sequence[str],
+        action: str,
+        request_id: str | None,
+    ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]:
+        """The service and its candidates' calendars around one start, read and audited."""
+        async with self.db.transaction(caller.tenant) as conn:
+            catalog = await self.catalogs.get(conn, caller.tenant)
+            record = catalog.service(service_id)
+            service, calendars = await self.calendars_for(
+                conn, catalog, record.service, record.service.footprint(start), pins
+            )
+            await audit(
+                conn, caller, action, "service", service_id, request_id, {"start": iso(start)}
+            )
+        return record, service, calendars
 
     async def _plan_and_hold(
         self,
@@ -371,9 +371,7 @@ class BookingService:
         self, caller: Caller, hold_id: str, ttl: timedelta | None
     ) -> dict[str, Any]:
         caller.require("book")
-        ttl = ttl or self.limits.hold_ttl
-        if not timedelta(seconds=5) <= ttl <= self.limits.max_hold_ttl:
-            raise InvalidInput("ttl_seconds out of range", field="ttl_seconds")
+        ttl = self._ttl(ttl)
         now = self.clock()
         hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now)
         footprint = await self._footprint_of(hold)

@@ -48,6 +48,17 @@ def bench_booking(
     _emit(run(bookings=bookings, concurrency=concurrency, workers=workers), json_output)
 
 
+@bench_app.command("assign")
+def bench_assign(
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON line only."),
+    seed: int = typer.Option(1, help="Workload seed."),
+) -> None:
+    """500 queued appointments over a salon week: CP-SAT assign vs greedy first fit."""
+    from simulation.bench_assign import run
+
+    _emit(run(seed=seed), json_output)
+
+
 def _emit(result: dict[str, object], json_output: bool) -> None:
     import json
 
