@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import typer
 
+from dashboards.cli import dashboards_app
+from loadtests.cli import loadtest_app
 from service.cli import infra_app, migrate_command, serve_command
+from simulation.workbench_cli import simulation_app
 
 app = typer.Typer(
     name="slotwise",
@@ -22,6 +25,9 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(infra_app, name="infra")
 app.command("migrate")(migrate_command)
 app.command("serve")(serve_command)
+app.add_typer(simulation_app)  # simulate, dst, demo
+app.add_typer(loadtest_app, name="loadtest", help="Locust load tests, verified in the database.")
+app.add_typer(dashboards_app)  # dashboard
 
 
 @bench_app.command("engine")
