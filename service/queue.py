@@ -193,6 +193,7 @@ class QueueService:
             out = entry_json(await _entry(conn, entry_id))
             await remember(conn, caller.tenant, idem, 200, out)
             await audit(conn, caller, "queue.withdraw", "queue_entry", entry_id, request_id)
+        await self._release_offer(caller.tenant, entry_id)  # its offered slot goes public again
         return 200, out
 
     async def assign_one(
@@ -400,12 +401,17 @@ class QueueService:
             offers: list[dict[str, Any]] = []
             for entry in entries:
                 record = catalog.service(entry["service_id"])
+                # Only freed resources this service can use matter (pinning one it cannot use
+                # is an error, which would turn the committed cancellation into a 422).
+                usable = catalog.resources_for(record.service, freed_ids)
+                if not usable:
+                    continue
                 service, calendars = await self.booking.calendars_for(
                     conn,
                     catalog,
                     record.service,
                     freed.padded(record.service.duration, record.service.duration),
-                    freed_ids,
+                    list(usable),
                 )
                 lo, hi = (
                     max(entry["earliest"], freed.start - record.service.duration),
