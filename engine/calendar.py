@@ -8,7 +8,7 @@ arithmetic on its hot path.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
 from engine.intervals import Interval, IntervalIndex
@@ -17,7 +17,9 @@ from engine.recurrence import Series
 from engine.timezones import day_bounds, local_date
 
 Span = tuple[int, int]  # [start, end) in POSIX seconds
-_MEMO_LIMIT = 64
+# Per-calendar memos of working and free time by span; a long-lived calendar (a simulation, a
+# queue solve) asks about many spans, so the memo is cleared only when it grows past this.
+_MEMO_LIMIT = 2048
 
 
 def seconds(instant: datetime) -> int:
@@ -28,6 +30,7 @@ def instant(posix: int) -> datetime:
     return datetime.fromtimestamp(posix, UTC)
 
 
+_ONE_DAY = timedelta(days=1)
 _CHUNK = 7 * 86_400  # working hours are expanded (and memoised) a UTC week at a time
 
 
@@ -49,7 +52,16 @@ def day_span(day: date, zone_name: str) -> Span:
 class ResourceCalendar:
     """Everything the engine knows about one resource's time."""
 
-    __slots__ = ("_busy", "_load", "_working", "_working_memo", "resource")
+    __slots__ = (
+        "_busy",
+        "_free_memo",
+        "_full_memo",
+        "_load",
+        "_working",
+        "_working_memo",
+        "masks",
+        "resource",
+    )
 
     def __init__(
         self,
@@ -67,6 +79,11 @@ class ResourceCalendar:
             if series.zone != resource.zone:
                 raise ValueError(f"working hours of {resource.id} must be in {resource.zone}")
         self._working_memo: dict[Span, list[Span]] = {}
+        # Valid until busy time changes (`add` / `remove` clear them).
+        self._free_memo: dict[Span, list[Span]] = {}
+        self._full_memo: dict[tuple[Span, int], list[Span]] = {}
+        # The slot solver's start masks (`engine.slots.resource_mask`), cleared with the others.
+        self.masks: dict[tuple[object, ...], int] = {}
         entries = list(busy)
         self._busy: IntervalIndex[Busy] = IntervalIndex(
             (entry.interval, entry) for entry in entries
@@ -83,14 +100,21 @@ class ResourceCalendar:
 
     # --- busy time -------------------------------------------------------------------------
     def add(self, entry: Busy) -> None:
+        self._forget()
         self._busy.add(entry.interval, entry)
         if entry.kind is BusyKind.BOOKING:
             self._count(entry, +1)
 
     def remove(self, entry: Busy) -> None:
+        self._forget()
         self._busy.remove(entry.interval, entry)
         if entry.kind is BusyKind.BOOKING:
             self._count(entry, -1)
+
+    def _forget(self) -> None:
+        self._free_memo.clear()
+        self._full_memo.clear()
+        self.masks.clear()
 
     def _count(self, entry: Busy, sign: int) -> None:
         day = local_date(entry.counted_start, self.resource.zone)
@@ -118,10 +142,20 @@ class ResourceCalendar:
         )
 
     def full_days(self, span: Span, minutes: int) -> list[Span]:
-        """Local days overlapping ``span`` on which an appointment of ``minutes`` won't fit."""
+        """Local days overlapping ``span`` on which an appointment of ``minutes`` won't fit
+        (memoised until busy time changes; callers must not mutate the list)."""
         limits = self.resource.daily_capacity, self.resource.daily_minutes
         if limits == (None, None):
             return []
+        memo = self._full_memo.get((span, minutes))
+        if memo is None:
+            memo = self._full_days(span, minutes)
+            if len(self._full_memo) >= _MEMO_LIMIT:
+                self._full_memo.clear()
+            self._full_memo[span, minutes] = memo
+        return memo
+
+    def _full_days(self, span: Span, minutes: int) -> list[Span]:
         zone_name = self.resource.zone
         first = local_date(instant(span[0]), zone_name)
         last = local_date(instant(span[1]), zone_name)
@@ -130,9 +164,11 @@ class ResourceCalendar:
             self.resource.daily_minutes is not None and self.resource.daily_minutes < minutes
         ):
             return [span]  # no day can take this appointment at all
-        for day in self._load:
-            if first <= day <= last and not self.has_capacity(day, minutes):
+        day = first
+        while day <= last:  # the span's days, not every day with bookings: spans are short
+            if day in self._load and not self.has_capacity(day, minutes):
                 full.append(day_span(day, zone_name))
+            day += _ONE_DAY
         return full
 
     # --- working hours and free time ---------------------------------------------------------
@@ -159,12 +195,17 @@ class ResourceCalendar:
         return memo
 
     def free_spans(self, span: Span) -> list[Span]:
-        """Working time inside ``span`` not covered by any busy entry."""
-        working = self.working_spans(span)
-        if not working:
-            return []
-        holes = [(int(a), int(b)) for a, b in self._busy.spans(span[0], span[1])]
-        return subtract_spans(working, holes)
+        """Working time inside ``span`` not covered by any busy entry (memoised per span until
+        busy time changes; callers must not mutate the list)."""
+        memo = self._free_memo.get(span)
+        if memo is None:
+            working = self.working_spans(span)
+            holes = [(int(a), int(b)) for a, b in self._busy.spans(span[0], span[1])]
+            memo = subtract_spans(working, holes) if working else []
+            if len(self._free_memo) >= _MEMO_LIMIT:
+                self._free_memo.clear()
+            self._free_memo[span] = memo
+        return memo
 
     def free(self, window: Interval) -> list[Interval]:
         """Free intervals inside ``window``."""

@@ -149,17 +149,37 @@ def range_bits(lo: int, hi: int) -> int:
     return ((1 << (hi - lo)) - 1) << lo if hi > lo else 0
 
 
-def resource_mask(cal: ResourceCalendar, starts: list[int], service: Service, span: Span) -> int:
-    """Grid positions at which ``cal`` can take the whole buffered footprint."""
-    before = int(service.buffer_before.total_seconds())
-    after = int((service.duration + service.buffer_after).total_seconds())
+MASK_MEMO_LIMIT = 2048  # per calendar; cleared whole when full
+
+
+def footprint_shape(service: Service) -> tuple[int, int, int]:
+    """(buffer before, duration + buffer after, duration minutes) in seconds and minutes."""
+    return (
+        int(service.buffer_before.total_seconds()),
+        int((service.duration + service.buffer_after).total_seconds()),
+        int(service.duration.total_seconds() // 60),
+    )
+
+
+def resource_mask(
+    cal: ResourceCalendar, starts: tuple[int, ...], shape: tuple[int, int, int], span: Span
+) -> int:
+    """Grid positions at which ``cal`` can take the whole buffered footprint (memoised on the
+    calendar until its busy time changes: a day is asked about again and again)."""
+    key = (starts, span, *shape)
+    mask = cal.masks.get(key)
+    if mask is not None:
+        return mask
+    before, after, minutes = shape
     mask = 0
     for a, b in cal.free_spans(span):
         mask |= range_bits(bisect_left(starts, a + before), bisect_right(starts, b - after))
     if mask:
-        minutes = int(service.duration.total_seconds() // 60)
         for day_lo, day_hi in cal.full_days(span, minutes):
             mask &= ~range_bits(bisect_left(starts, day_lo), bisect_left(starts, day_hi))
+    if len(cal.masks) >= MASK_MEMO_LIMIT:
+        cal.masks.clear()
+    cal.masks[key] = mask
     return mask
 
 
@@ -214,17 +234,31 @@ def availability(
     rules: Rules,
 ) -> list[Slot]:
     """Every grid start in ``window`` at which ``service`` can be booked."""
+    duration = service.duration
+    return [
+        Slot(start, start + duration)
+        for start in map(instant, available_starts(service, calendars, window, now, rules))
+    ]
+
+
+def available_starts(
+    service: Service,
+    calendars: Mapping[str, ResourceCalendar],
+    window: Interval,
+    now: datetime,
+    rules: Rules,
+) -> list[int]:
+    """`availability` as POSIX seconds, for callers that only compare starts."""
     starts = grid(window, service.step, rules.zone)
     if not starts:
         return []
     allowed = rule_mask(starts, rules, now)
     domains = candidates(service, calendars)
-    span = (
-        starts[0] - int(service.buffer_before.total_seconds()),
-        starts[-1] + int((service.duration + service.buffer_after).total_seconds()),
-    )
+    shape = footprint_shape(service)
+    span = (starts[0] - shape[0], starts[-1] + shape[1])
+    key = tuple(starts)
     masks = {
-        cal.resource.id: resource_mask(cal, starts, service, span)
+        cal.resource.id: resource_mask(cal, key, shape, span)
         for domain in domains
         for cal in domain
     }
@@ -233,12 +267,7 @@ def availability(
         allowed &= component_mask(component, domains, counts, masks, allowed)
         if not allowed:
             return []
-    duration = service.duration
-    return [
-        Slot(instant(starts[i]), instant(starts[i]) + duration)
-        for i in range(len(starts))
-        if allowed >> i & 1
-    ]
+    return [start for i, start in enumerate(starts) if allowed >> i & 1]
 
 
 def component_mask(

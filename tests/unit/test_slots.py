@@ -275,3 +275,39 @@ def test_solver_agrees_with_bruteforce(
     for start in (instant(s) for s in grid(window, svc.step, rules.zone)):
         verdict = explain(svc, cals, start, now, rules)
         assert isinstance(verdict, Offered) == (start in offered), verdict
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 40), st.integers(1, 8)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_memoised_masks_follow_every_add_and_remove(ops: list[tuple[bool, int, int, int]]) -> None:
+    """A long-lived calendar (the simulator's) answers like one built afresh after each change."""
+    resources = [staff("a", daily_capacity=3), staff("b", daily_minutes=180), room("r")]
+    svc = service(Requirement(STAFF), Requirement(ResourceKind.ROOM), minutes=45, after=15)
+    rules = Rules(zone=NY)
+    week = Interval(utc(2024, 5, 6), utc(2024, 5, 9))
+    live = calendars(*resources)
+    entries: dict[int, list[Busy]] = {0: [], 1: [], 2: []}
+    for add, which, quarter, quarters in ops:
+        rid = resources[which].id
+        if add or not entries[which]:
+            start = (
+                utc(2024, 5, 6, 13) + timedelta(minutes=15 * quarter) + timedelta(days=quarter % 3)
+            )
+            entry = booking(start, 15 * quarters, f"b{len(entries[which])}")
+            entries[which].append(entry)
+            live[rid].add(entry)
+        else:
+            live[rid].remove(entries[which].pop(0))
+        fresh = {
+            r.id: ResourceCalendar(r, live[r.id].working_hours, entries[i])
+            for i, r in enumerate(resources)
+        }
+        assert availability(svc, live, week, NOW, rules) == availability(
+            svc, fresh, week, NOW, rules
+        )
