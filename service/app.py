@@ -31,7 +31,7 @@ from engine.errors import InvalidInterval, InvalidModel, InvalidRecurrence, Unkn
 from engine.intervals import Interval
 from service import repository as repo
 from service.auth import Caller, bearer, is_admin, parse_token
-from service.booking import BookingService
+from service.booking import STRATEGIES, BookingService, BookingStrategy, strategy_from
 from service.catalog import CatalogService, valid_rrule, valid_zone
 from service.db import Database, Idempotency
 from service.errors import PROBLEM_BASE, InvalidInput, ServiceError, Unauthorized
@@ -73,10 +73,13 @@ class AppConfig:
     pool_min: int = 2
     pool_max: int = 16
     auth_cache_seconds: float = 1.0
+    booking_strategy: BookingStrategy = "holds"  # other values: the contention study only
 
     def __post_init__(self) -> None:
         if len(self.admin_key) < 24 or self.admin_key in {"changeme", "admin", "secret"}:
             raise ValueError("the admin key must be a real secret of at least 24 characters")
+        if self.booking_strategy not in STRATEGIES:
+            raise ValueError(f"booking_strategy must be one of {', '.join(STRATEGIES)}")
 
 
 # --- dependencies -----------------------------------------------------------------------------
@@ -794,7 +797,13 @@ def create_app(config: AppConfig) -> Litestar:
         )
         holds = RedisHoldStore(redis)
         app.state.authenticator = Authenticator(db, config.admin_key, config.auth_cache_seconds)
-        app.state.booking = BookingService(db, holds, HoldTokens(config.hold_secret), config.clock)
+        app.state.booking = BookingService(
+            db,
+            holds,
+            HoldTokens(config.hold_secret),
+            config.clock,
+            strategy=config.booking_strategy,
+        )
         app.state.catalog = CatalogService(db, config.clock)
         app.state.queue = QueueService(app.state.booking)
         try:
@@ -875,6 +884,7 @@ def app_from_env() -> Litestar:
             admin_key=env["SLOTWISE_ADMIN_KEY"],
             hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
             pool_max=int(env.get("SLOTWISE_POOL_MAX", "16")),
+            booking_strategy=strategy_from(env.get("SLOTWISE_BOOKING_STRATEGY", "holds")),
         )
     )
 

@@ -7,6 +7,13 @@ The three layers of DESIGN.md, none trusted alone:
    conflicts, capacity, rules, specialization) before inserting;
 3. the exclusion constraint on `booking_resources` refuses any overlap that slipped through,
    and the violation becomes a 409.
+
+`BookingService(strategy=...)` exists for the contention study (`slotwise loadtest
+contention`); the default, "holds", is the protocol above. "pessimistic" skips layer 1 and
+locks the resources' rows `FOR UPDATE` (in id order) instead of advisory locks; "constraint"
+skips layers 1 and 2 and leaves every race to the exclusion constraint. Both still never
+double-book (the constraint stands), but under "constraint" the daily capacity and business
+rules are checked without a lock, so concurrent bookings can exceed a daily capacity.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import psycopg
 
@@ -66,6 +73,17 @@ from service.holds import (
 log = logging.getLogger(__name__)
 
 Assignment = tuple[tuple[int, str], ...]  # (requirement index, resource id)
+
+BookingStrategy = Literal["holds", "pessimistic", "constraint"]
+STRATEGIES: Final[tuple[BookingStrategy, ...]] = get_args(BookingStrategy)
+
+
+def strategy_from(name: str) -> BookingStrategy:
+    """`name` as a booking strategy, or a ValueError naming the valid ones."""
+    for strategy in STRATEGIES:
+        if strategy == name:
+            return strategy
+    raise ValueError(f"booking strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +193,16 @@ class BookingService:
         tokens: HoldTokens,
         clock: Callable[[], datetime],
         limits: Limits = Limits(),
+        strategy: BookingStrategy = "holds",
     ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"booking strategy must be one of {', '.join(STRATEGIES)}")
         self.db = db
         self.holds = holds
         self.tokens = tokens
         self.clock = clock
         self.limits = limits
+        self.strategy = strategy
         self.catalogs = repo.CatalogCache()
 
     # --- reads ---------------------------------------------------------------------------------
@@ -339,6 +361,8 @@ class BookingService:
             verdict = explain(service, calendars, start, now, rules)
             if not isinstance(verdict, Offered):
                 raise refuse(verdict)
+            if self.strategy != "holds":
+                return verdict, True  # layer 1 off by configuration: a non-exclusive hold
             footprint = service.footprint(start)
             lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
             claims = [Claim(rid, lo, hi) for _, rid in verdict.assignment]
@@ -514,7 +538,7 @@ class BookingService:
         With ``replan``, a refusal under the lock means "the snapshot was stale": the caller
         rolls back and plans again instead of answering 409."""
         resource_ids = [rid for _, rid in assignment]
-        await repo.lock_resources(conn, resource_ids)
+        await self.lock(conn, resource_ids)
         service = pinned_to(record.service, assignment)
         window = service.footprint(start)
         resources = catalog.resources_for(service, resource_ids)
@@ -527,6 +551,21 @@ class BookingService:
         )
         await self._insert(conn, caller.tenant, [booking])
         return booking
+
+    async def lock(self, conn: Conn, resource_ids: Sequence[str]) -> None:
+        """Layer 2 as the strategy has it: advisory locks ("holds"), the resources' rows
+        `FOR UPDATE` ("pessimistic"), or nothing ("constraint")."""
+        match self.strategy:
+            case "holds":
+                await repo.lock_resources(conn, resource_ids)
+            case "pessimistic":
+                # ORDER BY: rows are locked in the order they are returned, one global order.
+                await conn.execute(
+                    "SELECT id FROM resources WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
+                    (sorted(set(resource_ids)),),
+                )
+            case "constraint":
+                pass
 
     async def _insert(
         self, conn: Conn, tenant_id: str, bookings: Sequence[repo.NewBooking]
@@ -635,9 +674,9 @@ class BookingService:
                 assignment = await self.plan(
                     conn, catalog, record, start, (), now, exclude=[booking_id]
                 )
-            # Lock the old resources first too: one global order is kept because
-            # lock_resources sorts, and re-locking a held advisory lock is a no-op.
-            await repo.lock_resources(conn, [*current, *(rid for _, rid in assignment)])
+            # Lock the old resources first too: one global order is kept because both lock
+            # kinds are taken sorted, and re-locking what this transaction holds is a no-op.
+            await self.lock(conn, [*current, *(rid for _, rid in assignment)])
             await repo.cancel_bookings(conn, [booking_id])
             new = await self.book_locked(
                 conn,
@@ -768,7 +807,7 @@ class BookingService:
             assignment = _common_assignment(
                 service, calendars, [o.start for o in occurrences], now, record.rules
             )
-            await repo.lock_resources(conn, [rid for _, rid in assignment])
+            await self.lock(conn, [rid for _, rid in assignment])
             pinned = pinned_to(record.service, assignment)
             resources = catalog.resources_for(pinned, [rid for _, rid in assignment])
             calendars = await repo.load_calendars(conn, catalog, resources, span)

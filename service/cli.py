@@ -133,12 +133,21 @@ def serve_command(
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
     backlog: int = typer.Option(4096, min=64, help="Listen backlog (bursts need thousands)."),
+    booking_strategy: str = typer.Option(
+        "holds",
+        help="holds (the safe default), or pessimistic / constraint for the contention study.",
+    ),
 ) -> None:
     """Run the booking API (embedded PostgreSQL and Valkey unless DATABASE_URL / REDIS_URL)."""
+    from service.booking import strategy_from
     from service.infra import endpoints_for
     from service.migrate import migrate
     from service.server import load_secrets, serve, worker_env
 
+    try:
+        strategy_from(booking_strategy)
+    except ValueError as exc:
+        _fail(exc)
     settings = _settings()
     try:
         endpoints = endpoints_for(settings)
@@ -148,4 +157,7 @@ def serve_command(
     keys = load_secrets(settings.data_dir)
     typer.echo(f"Slotwise API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
     typer.echo(f"admin key: {settings.data_dir / 'slotwise_admin_key'} (or SLOTWISE_ADMIN_KEY)")
-    serve(host, port, workers, backlog, worker_env(endpoints, keys))
+    if booking_strategy != "holds":
+        typer.echo(f"booking strategy: {booking_strategy} (a study setting, not for production)")
+    env = worker_env(endpoints, keys, booking_strategy=booking_strategy)
+    serve(host, port, workers, backlog, env)

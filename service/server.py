@@ -49,13 +49,19 @@ def load_secrets(data_dir: Path) -> ServerSecrets:
     )
 
 
-def worker_env(endpoints: Endpoints, keys: ServerSecrets, pool_max: int = 16) -> dict[str, str]:
+def worker_env(
+    endpoints: Endpoints,
+    keys: ServerSecrets,
+    pool_max: int = 16,
+    booking_strategy: str = "holds",
+) -> dict[str, str]:
     return {
         "SLOTWISE_APP_DATABASE_URL": endpoints.app_url,
         "SLOTWISE_REDIS_URL": endpoints.redis_url,
         "SLOTWISE_ADMIN_KEY": keys.admin_key,
         "SLOTWISE_HOLD_SECRET": keys.hold_secret,
         "SLOTWISE_POOL_MAX": str(pool_max),
+        "SLOTWISE_BOOKING_STRATEGY": booking_strategy,
     }
 
 
@@ -74,6 +80,10 @@ def serve(host: str, port: int, workers: int, backlog: int, env: dict[str, str])
         log_level="warning",
         access_log=False,
         timeout_keep_alive=120,
+        # uvicorn kills a worker whose pong thread misses this deadline; under a 10k burst on
+        # two shared cores a busy worker can miss the default 5 s, and the kill drops every
+        # connection it holds. A hung worker is still replaced, a minute later.
+        timeout_worker_healthcheck=60,
     )
 
 
@@ -85,11 +95,14 @@ def running_server(
     workers: int = 1,
     backlog: int = 4096,
     pool_max: int = 16,
+    booking_strategy: str = "holds",
     startup_timeout: float = 60.0,
 ) -> Iterator[str]:
-    """A live server on a free port as a child process; yields its base URL."""
+    """A live server on a free port as a child process; yields its base URL.
+
+    `booking_strategy` other than "holds" is for the contention study (`service.booking`)."""
     port = free_port()
-    env = {**os.environ, **worker_env(endpoints, keys, pool_max)}
+    env = {**os.environ, **worker_env(endpoints, keys, pool_max, booking_strategy)}
     argv = [sys.executable, "-m", "service.server", str(port), str(workers), str(backlog)]
     process = subprocess.Popen(argv, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,171 @@
+"""Plumbing shared by the locustfiles. Imported only inside Locust processes (it uses gevent).
+
+The orchestrator (`loadtests.runner`) and the Locust processes it starts talk through files in
+one run folder, named by `SLOTWISE_LOADTEST_DIR`:
+
+- `plan.json`: written first by the orchestrator: per-user targets and credentials;
+- `state-<i>.json`: Locust process i's progress: users arrived at each barrier, users done;
+- `go-<barrier>.json`: the wall-clock instant a barrier opens, written once every user of every
+  process has arrived (so 10,000 users across processes are released together);
+- `rows-<i>.jsonl`: one JSON line per request a user of process i made.
+
+Process i of n runs users `i, i + n, i + 2n, ...` (`SLOTWISE_LOADTEST_PROCESS`,
+`SLOTWISE_LOADTEST_PROCESSES`), so every user has one global index whatever the split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from locust import events
+from locust.contrib.fasthttp import FastHttpUser
+from locust.env import Environment
+
+POLL_S = 0.005  # how often a process looks for a barrier's release
+STATE_EVERY_S = 0.05
+
+
+class Kit:
+    """One Locust process's view of the run: its plan, barriers, counters and row file."""
+
+    def __init__(self, run_dir: Path, process: int, processes: int) -> None:
+        self.run_dir = run_dir
+        self.process = process
+        self.processes = processes
+        self.plan: dict[str, Any] = json.loads((run_dir / "plan.json").read_text())
+        self.users = len(range(process, int(self.plan["users"]), processes))
+        self.barriers: dict[str, Event] = {name: Event() for name in self.plan.get("barriers", [])}
+        self.release_at: dict[str, float] = {}
+        self.arrived = dict.fromkeys(self.barriers, 0)
+        self.done = 0
+        self._local = itertools.count()
+        self._rows = (run_dir / f"rows-{process}.jsonl").open("a", buffering=1)
+
+    def next_user(self) -> int:
+        """The global index of the next user this process starts."""
+        return self.process + self.processes * next(self._local)
+
+    def wait(self, barrier: str) -> None:
+        """Arrive at `barrier` and block until it opens."""
+        self.arrived[barrier] += 1
+        self.barriers[barrier].wait()
+
+    def record(self, row: dict[str, Any]) -> None:
+        self._rows.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+    def monitor(self, environment: Environment) -> None:
+        """Open barriers when the orchestrator says so, report progress, quit when done."""
+        last: tuple[Any, ...] = ()
+        written = 0.0
+        while True:
+            for name, event in self.barriers.items():
+                go = self.run_dir / f"go-{name}.json"
+                if not event.is_set() and name not in self.release_at and go.exists():
+                    self.release_at[name] = float(json.loads(go.read_text())["release_at"])
+                    gevent.spawn(self._open, name, event)
+            state = (tuple(self.arrived.values()), self.done)
+            now = time.monotonic()
+            if state != last and now - written >= STATE_EVERY_S:
+                self._write_state()
+                last, written = state, now
+            if self.done >= self.users:
+                self._write_state()
+                self._rows.close()
+                if environment.runner is not None:
+                    environment.runner.quit()
+                return
+            gevent.sleep(POLL_S)
+
+    def _open(self, name: str, event: Event) -> None:
+        gevent.sleep(max(0.0, self.release_at[name] - time.time()))
+        event.set()
+
+    def _write_state(self) -> None:
+        path = self.run_dir / f"state-{self.process}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"arrived": self.arrived, "done": self.done, "users": self.users})
+        )
+        tmp.replace(path)  # atomic: the orchestrator never reads half a file
+
+
+_kit: Kit | None = None
+# Answers whose body is a booking the verifier must find: created (201) or cancelled (200).
+_BOOKING_ANSWERS = frozenset({("confirm", 201), ("book", 201), ("cancel", 200)})
+
+
+def kit() -> Kit:
+    """This process's Kit (created when Locust initialises)."""
+    assert _kit is not None, "the locustfile must be run by loadtests.runner"
+    return _kit
+
+
+def install(*, monitor: bool) -> None:
+    """Create the Kit when Locust initialises; with `monitor`, also run the barrier monitor
+    (which quits Locust once every user is done)."""
+
+    @events.init.add_listener  # type: ignore[untyped-decorator]  # Locust is untyped
+    def _(environment: Environment, **_kw: Any) -> None:
+        global _kit
+        _kit = Kit(
+            Path(os.environ["SLOTWISE_LOADTEST_DIR"]),
+            int(os.environ.get("SLOTWISE_LOADTEST_PROCESS", "0")),
+            int(os.environ.get("SLOTWISE_LOADTEST_PROCESSES", "1")),
+        )
+        if monitor:
+            gevent.spawn(_kit.monitor, environment)
+
+
+def call(
+    user: FastHttpUser,
+    name: str,
+    method: str,
+    path: str,
+    *,
+    user_index: int,
+    phase: str,
+    **kwargs: Any,
+) -> tuple[int, dict[str, Any]]:
+    """One request, recorded as a row; returns (status, JSON body). Status 0: no answer.
+
+    Expected refusals (409 and other 4xx) are not Locust failures: the verifier judges them."""
+    sent = time.time()
+    started = time.perf_counter()
+    body: dict[str, Any] = {}
+    with user.client.request(method, path, name=name, catch_response=True, **kwargs) as resp:
+        latency_ms = (time.perf_counter() - started) * 1000
+        status = int(resp.status_code or 0)
+        if resp.content:
+            try:
+                parsed = resp.json()
+                body = parsed if isinstance(parsed, dict) else {"items": parsed}
+            except ValueError:
+                body = {}
+        if status == 0 or status >= 500:
+            resp.failure(f"{status}: {resp.error or body.get('detail')}")
+        else:
+            resp.success()
+    why = body.get("why") if status >= 400 else None
+    kit().record(
+        {
+            "user": user_index,
+            "phase": phase,
+            "name": name,
+            "status": status,
+            "at": round(sent, 6),
+            "latency_ms": round(latency_ms, 3),
+            "booking_id": body.get("id") if (name, status) in _BOOKING_ANSWERS else None,
+            "layer": why.get("layer") if isinstance(why, dict) else None,
+            "reason": why.get("reason") if isinstance(why, dict) else None,
+            "problem": body.get("type", "").rsplit("/", 1)[-1] if status >= 400 else None,
+            "error": repr(resp.error)[:300] if status == 0 else None,
+        }
+    )
+    return status, body

@@ -1,0 +1,175 @@
+"""The load tests end to end: Locust as child processes against a live service, the verifier's
+SQL against the real database, results in the event store's DuckDB file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import duckdb
+import httpx
+
+from loadtests import verifier
+from loadtests.run_contention import ContentionParams
+from loadtests.run_contention import run as contention
+from loadtests.runner import Target, set_up
+from tests.integration.conftest import Api, Infra
+
+SLOTWISE = str(Path(sys.executable).parent / "slotwise")
+
+
+def test_a_burst_through_locust_is_answered_and_verified(
+    api: Api, infra: Infra, tmp_path: Path
+) -> None:
+    """300 users released together: every attempt answered, each distinct target slot booked
+    exactly once (hot slots by one winner, cold slots by their only user), nothing lost."""
+    env = {**os.environ, "DATABASE_URL": infra.admin_url, "SLOTWISE_ADMIN_KEY": api.admin_key}
+    argv = [SLOTWISE, "loadtest", "burst", "--json", "--attempts", "300", "--hot-slots", "5"]
+    argv += ["--url", api.base_url, "--data", str(tmp_path)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=True)
+
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout
+    summary = json.loads(lines[0])
+    assert summary["bench"] == "burst"
+    assert summary["attempts"] == summary["answered"] == 300
+    assert summary["noop_answered"] == 300
+    assert summary["errors"] == summary["double_bookings"] == summary["lost_acks"] == 0
+    assert summary["hot_slot_violations"] == summary["unacknowledged"] == 0
+    assert summary["confirmed"] + summary["conflicts"] == 300
+    assert summary["wall_s"] > 0 and summary["noop_wall_s"] > 0
+    with duckdb.connect(str(tmp_path / "slotwise.duckdb"), read_only=True) as con:
+        (run,) = con.execute("SELECT run_id FROM runs WHERE kind = 'burst'").fetchone() or ("",)
+        by_name = dict(
+            con.execute(
+                "SELECT name, count(*) FROM requests WHERE run_id = ? GROUP BY 1", [run]
+            ).fetchall()
+        )
+        outcomes = dict(
+            con.execute(
+                "SELECT outcome, count(*) FROM attempts WHERE run_id = ? GROUP BY 1", [run]
+            ).fetchall()
+        )
+        distinct_slots = con.execute(
+            "SELECT count(DISTINCT (resource_ids[1], slot_start)) FROM attempts WHERE run_id = ?",
+            [run],
+        ).fetchone()
+    assert by_name["connect"] == by_name["noop"] == by_name["hold"] == 300
+    assert by_name["confirm"] >= summary["confirmed"]
+    assert outcomes == {"ok": summary["confirmed"], "conflict": summary["conflicts"]}
+    assert distinct_slots == (summary["confirmed"],)
+
+
+def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> None:
+    """A 201 the clients saw for a booking the database does not have is a lost ack; one it
+    has is not; a booking nobody was told about is counted as unacknowledged."""
+    target = Target(api.base_url, infra.admin_url, api.admin_key)
+    scenario = set_up(target, users=2, hot_slots=1, hot_share=0.0, seed=3, staff=2)
+    headers = {"Authorization": f"Bearer {scenario.token}"}
+    booked = []
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        for resource_id, start in scenario.targets:
+            body = {
+                "service_id": scenario.service_id,
+                "start": start,
+                "resource_ids": [resource_id],
+            }
+            r = client.post("/v1/bookings", json=body, headers=headers)
+            assert r.status_code == 201, r.text
+            booked.append(r.json()["id"])
+
+    honest = verifier.check_database(infra.admin_url, scenario.tenant_id, booked)
+    planted = verifier.check_database(
+        infra.admin_url, scenario.tenant_id, [booked[0], str(uuid.uuid4())]
+    )
+
+    assert honest == verifier.Checks(0, 0, 0, 0)
+    assert planted.lost_acks == 1
+    assert planted.unacknowledged == 1  # booked[1]: in the database, never acknowledged
+
+
+def test_attempts_without_an_answer_are_counted() -> None:
+    rows = [
+        {"user": 0, "phase": "book", "name": "hold", "status": 201, "at": 1.0, "latency_ms": 5},
+        {
+            "user": 0,
+            "phase": "book",
+            "name": "confirm",
+            "status": 201,
+            "at": 1.1,
+            "latency_ms": 7,
+            "booking_id": "b0",
+        },
+        {
+            "user": 1,
+            "phase": "book",
+            "name": "hold",
+            "status": 409,
+            "at": 1.0,
+            "latency_ms": 3,
+            "problem": "slot-conflict",
+        },
+        {"user": 2, "phase": "book", "name": "hold", "status": 201, "at": 1.0, "latency_ms": 3},
+        {"user": 3, "phase": "book", "name": "hold", "status": 0, "at": 1.0, "latency_ms": 9},
+        {"user": 4, "phase": "book", "name": "hold", "status": 201, "at": 1.0, "latency_ms": 3},
+        {
+            "user": 4,
+            "phase": "book",
+            "name": "confirm",
+            "status": 409,
+            "at": 1.2,
+            "latency_ms": 3,
+            "problem": "slot-conflict",
+            "layer": "constraint",
+        },
+        {"user": 5, "phase": "book", "name": "hold", "status": 500, "at": 1.0, "latency_ms": 3},
+    ]
+    found = verifier.attempts(rows, users=7)
+
+    assert [a.outcome for a in found] == [
+        "confirmed",
+        "conflict",
+        "unanswered",  # held, but its confirmation never came back
+        "unanswered",  # no answer to the hold
+        "conflict",
+        "error",
+        "unanswered",  # no row at all
+    ]
+    assert [a.layer for a in found] == [None, "hold", None, None, "constraint", None, None]
+    assert verifier.summarize(found) == {
+        "attempts": 7,
+        "answered": 4,
+        "confirmed": 1,
+        "conflicts": 2,
+        "errors": 4,
+    }
+
+
+def test_a_short_contention_study(tmp_path: Path) -> None:
+    """Each strategy on its own server, same workload: all answered, never double-booked, each
+    distinct slot booked once; PostgreSQL's figures present and consistent."""
+    params = ContentionParams(attempts=120, hot_slots=3, seed=2, processes=1, workers=1)
+    lines = contention(params, data_dir=tmp_path)
+
+    assert [line["strategy"] for line in lines] == ["pessimistic", "holds", "constraint"]
+    confirmed = {line["confirmed"] for line in lines}
+    assert len(confirmed) == 1, lines  # same targets: the same slots end up booked
+    for line in lines:
+        assert line["answered"] == line["attempts"] == 120
+        assert line["errors"] == line["double_bookings"] == line["lost_acks"] == 0
+        assert line["db_transactions"] >= line["confirmed"] > 0
+        assert line["transactions_per_success"] >= 1
+        assert line["constraint_violations"] == line["conflicts_by_layer"]["constraint"]
+        assert sum(line["conflicts_by_layer"].values()) == line["conflicts"]
+    holds = lines[1]
+    assert holds["conflicts_by_layer"]["hold"] > 0  # layer 1 turned racers away
+    assert holds["conflicts_by_layer"]["constraint"] == 0
+    with duckdb.connect(str(tmp_path / "slotwise.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT strategy, confirmed FROM contention ORDER BY strategy"
+        ).fetchall()
+    assert rows == sorted((line["strategy"], line["confirmed"]) for line in lines)
