@@ -12,6 +12,7 @@ import typer
 from dashboards.cli import dashboards_app
 from loadtests.cli import loadtest_app
 from service.cli import infra_app, migrate_command, serve_command
+from simulation.progress import emit
 from simulation.workbench_cli import simulation_app
 
 app = typer.Typer(
@@ -38,7 +39,7 @@ def bench_engine(
     """14-day availability (50 staff, 20 rooms, 3 zones, 2,000 bookings) vs brute force."""
     from simulation.bench_engine import run
 
-    _emit(run(seed=seed), json_output)
+    emit(run(seed=seed), json_output)
 
 
 @bench_app.command("booking")
@@ -51,7 +52,7 @@ def bench_booking(
     """Hold + confirm over HTTP vs raw advisory-lock + insert transactions (same run)."""
     from simulation.bench_booking import run
 
-    _emit(run(bookings=bookings, concurrency=concurrency, workers=workers), json_output)
+    emit(run(bookings=bookings, concurrency=concurrency, workers=workers), json_output)
 
 
 @bench_app.command("assign")
@@ -62,14 +63,15 @@ def bench_assign(
     """500 queued appointments over a salon week: CP-SAT assign vs greedy first fit."""
     from simulation.bench_assign import run
 
-    _emit(run(seed=seed), json_output)
+    emit(run(seed=seed), json_output)
 
 
-def _emit(result: dict[str, object], json_output: bool) -> None:
-    import json
+@bench_app.command("dashboards")
+def bench_dashboards(
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON line only."),
+    events: int = typer.Option(10_000_000, min=1000, help="Attempt rows to generate."),
+) -> None:
+    """Every dashboard query over a generated 10,000,000-event dataset vs a full scan."""
+    from simulation.bench_dashboards import run
 
-    if json_output:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:>24}: {value}")
+    emit(run(events=events), json_output)
