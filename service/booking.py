@@ -51,7 +51,7 @@ from engine.slots import (
 from engine.timezones import local_date, to_local
 from service import repository as repo
 from service.auth import Caller
-from service.db import Conn, Database, Idempotency, audit, claim, remember
+from service.db import Conn, Database, Idempotency, audit, begin_claim, claim, remember
 from service.errors import (
     CapacityExceeded,
     InvalidInput,
@@ -222,14 +222,20 @@ class BookingService:
             )
         now = self.clock()
         async with self.db.transaction(caller.tenant) as conn:
-            catalog = await self.catalogs.get(conn, caller.tenant)
-            record = catalog.service(service_id)
-            svc = record.service
-            # Footprints of starts near `to` reach past it by the duration and buffers.
-            span = Interval(
-                window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
-            )
-            service, calendars = await self.calendars_for(conn, catalog, svc, span, pins)
+
+            async def reads(
+                catalog: repo.Catalog,
+            ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]:
+                record = catalog.service(service_id)
+                svc = record.service
+                # Footprints of starts near `to` reach past it by the duration and buffers.
+                span = Interval(
+                    window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
+                )
+                service, calendars = await self.calendars_for(conn, catalog, svc, span, pins)
+                return record, service, calendars
+
+            _, (record, service, calendars) = await self.catalogs.read(conn, caller.tenant, reads)
             await audit(
                 conn,
                 caller,
@@ -330,11 +336,17 @@ class BookingService:
     ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]:
         """The service and its candidates' calendars around one start, read and audited."""
         async with self.db.transaction(caller.tenant) as conn:
-            catalog = await self.catalogs.get(conn, caller.tenant)
-            record = catalog.service(service_id)
-            service, calendars = await self.calendars_for(
-                conn, catalog, record.service, record.service.footprint(start), pins
-            )
+
+            async def reads(
+                catalog: repo.Catalog,
+            ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]:
+                record = catalog.service(service_id)
+                service, calendars = await self.calendars_for(
+                    conn, catalog, record.service, record.service.footprint(start), pins
+                )
+                return record, service, calendars
+
+            _, (record, service, calendars) = await self.catalogs.read(conn, caller.tenant, reads)
             await audit(
                 conn, caller, action, "service", service_id, request_id, {"start": iso(start)}
             )
@@ -450,55 +462,123 @@ class BookingService:
         """Book a held slot (``hold_id``) or a slot directly (``service_id`` + ``start``)."""
         caller.require("book")
         now = self.clock()
-        hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now) if hold_id else None
-        if hold is not None:
-            service_id, start, assignment = hold.service_id, hold.start, hold.resources
-        elif service_id is None or start is None:
+        if hold_id is not None:
+            hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now)
+            record, answer = await self._confirm_held(caller, hold, customer, now, idem, request_id)
+            await self._release(hold, record.service.footprint(hold.start))
+            return answer
+        if service_id is None or start is None:
             raise InvalidInput("send either hold_id, or service_id and start", field="hold_id")
-        else:
-            assignment = None
-        # A direct booking picks its resources from a snapshot; if a concurrent booking took
-        # them before our locks, the whole transaction is re-planned from a fresh snapshot
-        # (never by taking more locks mid-transaction, which could deadlock).
-        attempts = 1 if assignment is not None else self.limits.replan_attempts
+        return await self._confirm_direct(
+            caller, service_id, start, pins, customer, now, idem, request_id
+        )
+
+    async def _confirm_held(
+        self,
+        caller: Caller,
+        hold: Hold,
+        customer: str,
+        now: datetime,
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[repo.ServiceRecord, tuple[int, Any]]:
+        """Book what a hold names. Its resources are known up front, so the idempotency
+        claim, the catalog check, the locks and the calendars read under them all share one
+        round trip; the insert is the second, the audit row and COMMIT the third."""
+        async with self.db.transaction(caller.tenant) as conn:
+            pending = await begin_claim(conn, caller.tenant, idem)
+
+            async def locked(
+                catalog: repo.Catalog,
+            ) -> tuple[repo.ServiceRecord, dict[str, ResourceCalendar]]:
+                record = catalog.service(hold.service_id)
+                return record, await self.locked_calendars(
+                    conn, catalog, record, hold.start, hold.resources, exclude=()
+                )
+
+            _, (record, calendars) = await self.catalogs.read(conn, caller.tenant, locked)
+            replay = await pending.replay()
+            if replay is not None:
+                return record, replay
+            booking, created_at = await self.book_checked(
+                conn, caller, record, calendars, hold.start, hold.resources, now, customer
+            )
+            body = await self._acknowledge(
+                conn, caller, booking, created_at, idem, request_id, held=True
+            )
+            return record, (201, body)
+
+    async def _confirm_direct(
+        self,
+        caller: Caller,
+        service_id: str,
+        start: datetime,
+        pins: Sequence[str],
+        customer: str,
+        now: datetime,
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[int, Any]:
+        """Book a slot without a hold. Resources are picked from a snapshot; if a concurrent
+        booking took them before our locks, the whole transaction is re-planned from a fresh
+        snapshot (never by taking more locks mid-transaction, which could deadlock)."""
+        attempts = self.limits.replan_attempts
         for attempt in range(1, attempts + 1):
             try:
                 async with self.db.transaction(caller.tenant) as conn:
-                    replay = await claim(conn, caller.tenant, idem)
+                    pending = await begin_claim(conn, caller.tenant, idem)
+                    catalog = await self.catalogs.get(conn, caller.tenant)
+                    replay = await pending.replay()
                     if replay is not None:
                         return replay
-                    catalog = await self.catalogs.get(conn, caller.tenant)
                     record = catalog.service(service_id)
-                    chosen = assignment or await self.plan(conn, catalog, record, start, pins, now)
-                    booking = await self.book_locked(
+                    chosen = await self.plan(conn, catalog, record, start, pins, now)
+                    calendars = await self.locked_calendars(
+                        conn, catalog, record, start, chosen, exclude=()
+                    )
+                    booking, created_at = await self.book_checked(
                         conn,
                         caller,
-                        catalog,
                         record,
+                        calendars,
                         start,
                         chosen,
                         now,
                         customer,
-                        exclude=(),
                         replan=attempt < attempts,
                     )
-                    body = _booking_json(await repo.get_booking(conn, booking.id))
-                    await remember(conn, caller.tenant, idem, 201, body)
-                    await audit(
-                        conn,
-                        caller,
-                        "booking.create",
-                        "booking",
-                        booking.id,
-                        request_id,
-                        {"start": iso(start), "hold": hold is not None},
+                    body = await self._acknowledge(
+                        conn, caller, booking, created_at, idem, request_id, held=False
                     )
-                break
+                    return 201, body
             except _StalePlan:
                 continue
-        if hold is not None:
-            await self._release(hold, record.service.footprint(hold.start))
-        return 201, body
+        raise AssertionError("the last attempt raises instead of re-planning")
+
+    async def _acknowledge(
+        self,
+        conn: Conn,
+        caller: Caller,
+        booking: repo.NewBooking,
+        created_at: datetime,
+        idem: Idempotency | None,
+        request_id: str | None,
+        *,
+        held: bool,
+    ) -> dict[str, Any]:
+        """The 201 body of a booking just inserted, kept for its Idempotency-Key, audited."""
+        body = _booking_json(repo.inserted_row(booking, created_at))
+        await remember(conn, caller.tenant, idem, 201, body)
+        await audit(
+            conn,
+            caller,
+            "booking.create",
+            "booking",
+            booking.id,
+            request_id,
+            {"start": iso(booking.start), "hold": held},
+        )
+        return body
 
     async def plan(
         self,
@@ -531,26 +611,57 @@ class BookingService:
         customer: str,
         exclude: Sequence[str],
         rescheduled_from: str | None = None,
-        replan: bool = False,
     ) -> repo.NewBooking:
-        """Lock the assigned resources, re-check everything under the lock, insert.
+        """Lock the assigned resources, re-check everything under the lock, insert."""
+        calendars = await self.locked_calendars(conn, catalog, record, start, assignment, exclude)
+        booking, _ = await self.book_checked(
+            conn, caller, record, calendars, start, assignment, now, customer, rescheduled_from
+        )
+        return booking
 
-        With ``replan``, a refusal under the lock means "the snapshot was stale": the caller
-        rolls back and plans again instead of answering 409."""
+    async def locked_calendars(
+        self,
+        conn: Conn,
+        catalog: repo.Catalog,
+        record: repo.ServiceRecord,
+        start: datetime,
+        assignment: Assignment,
+        exclude: Sequence[str],
+    ) -> dict[str, ResourceCalendar]:
+        """Lock the assigned resources, then read their calendars: under the lock, so no
+        booking of theirs can commit between this read and our insert."""
         resource_ids = [rid for _, rid in assignment]
         await self.lock(conn, resource_ids)
         service = pinned_to(record.service, assignment)
-        window = service.footprint(start)
         resources = catalog.resources_for(service, resource_ids)
-        calendars = await repo.load_calendars(conn, catalog, resources, window, exclude)
+        return await repo.load_calendars(
+            conn, catalog, resources, service.footprint(start), exclude
+        )
+
+    async def book_checked(
+        self,
+        conn: Conn,
+        caller: Caller,
+        record: repo.ServiceRecord,
+        calendars: Mapping[str, ResourceCalendar],
+        start: datetime,
+        assignment: Assignment,
+        now: datetime,
+        customer: str,
+        rescheduled_from: str | None = None,
+        replan: bool = False,
+    ) -> tuple[repo.NewBooking, datetime]:
+        """Ask the engine again over calendars read under the lock, then insert: the booking
+        and its `created_at`. With ``replan``, a refusal means "the snapshot was stale": the
+        caller rolls back and plans again instead of answering 409."""
+        service = pinned_to(record.service, assignment)
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
             raise _StalePlan() if replan else refuse(verdict)
         booking = _new_booking(
             record, calendars, start, verdict.assignment, customer, caller.key_id, rescheduled_from
         )
-        await self._insert(conn, caller.tenant, [booking])
-        return booking
+        return booking, await self._insert(conn, caller.tenant, [booking])
 
     async def lock(self, conn: Conn, resource_ids: Sequence[str]) -> None:
         """Layer 2 as the strategy has it: advisory locks ("holds"), the resources' rows
@@ -569,10 +680,11 @@ class BookingService:
 
     async def _insert(
         self, conn: Conn, tenant_id: str, bookings: Sequence[repo.NewBooking]
-    ) -> None:
+    ) -> datetime:
+        """Insert; returns the bookings' `created_at`. A violation is raised (and mapped)
+        here: the insert's results are read before this returns."""
         try:
-            async with conn.pipeline():  # sync here, so a violation is raised (and mapped) here
-                await repo.insert_bookings(conn, tenant_id, bookings)
+            return await repo.insert_bookings(conn, tenant_id, bookings)
         except psycopg.errors.ExclusionViolation as exc:
             # Layer 3 caught what layers 1 and 2 should have: still a conflict, never a 500.
             raise SlotConflict(

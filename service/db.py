@@ -8,6 +8,7 @@ sees one tenant only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -36,7 +38,8 @@ class Database:
             app_url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            # autocommit: `transaction()` sends BEGIN and COMMIT itself.
+            kwargs={"row_factory": dict_row, "autocommit": True},
             connection_class=AsyncConnection[DictRow],
             timeout=10,
             open=False,
@@ -57,10 +60,26 @@ class Database:
         surface at the next sync point (a fetch, or a nested `conn.pipeline()` block's end).
         """
         try:
-            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-                if tenant_id is not None:
-                    await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant_id,))
-                yield conn
+            async with self.pool.connection() as conn:
+                try:
+                    # BEGIN and COMMIT are ours, not `conn.transaction()`'s: that one nests
+                    # pipelines around its block, and each nested exit is a Sync — a round
+                    # trip — so a transaction cost two more round trips than it needs.
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        if tenant_id is not None:
+                            await conn.execute(
+                                "SELECT set_config('app.tenant_id', %s, true)", (tenant_id,)
+                            )
+                        yield conn
+                        # A statement that failed unread is raised by this block's Sync, and
+                        # the COMMIT queued behind it is then never run.
+                        await conn.execute("COMMIT")
+                except BaseException:
+                    if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
+                        with contextlib.suppress(psycopg.Error):  # a broken link: the pool drops it
+                            await conn.execute("ROLLBACK")
+                    raise
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise Unavailable("the database is unavailable; nothing was changed") from exc
 
@@ -86,28 +105,49 @@ async def claim(conn: Conn, tenant_id: str, idem: Idempotency | None) -> tuple[i
     A concurrent request with the same key blocks on the primary key until the first one
     commits (then it replays) or rolls back (then it runs itself).
     """
-    if idem is None:
-        return None
-    claimed = await conn.execute(
-        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, response)"
-        " VALUES (%s, %s, %s, 0, 'null') ON CONFLICT DO NOTHING RETURNING 1",
-        (tenant_id, idem.key, idem.fingerprint),
-    )
-    if await claimed.fetchone():
-        return None
-    cur = await conn.execute(
-        "SELECT request_hash, status, response FROM idempotency_keys"
-        " WHERE tenant_id = %s AND key = %s",
-        (tenant_id, idem.key),
-    )
-    row = await cur.fetchone()
-    if row is None:  # the other request rolled back between our two statements
-        raise IdempotencyInFlight("retry: a request with this Idempotency-Key just failed")
-    if bytes(row["request_hash"]) != idem.fingerprint:
-        raise IdempotencyMismatch(
-            "this Idempotency-Key was used for a different request", key=idem.key
+    return await (await begin_claim(conn, tenant_id, idem)).replay()
+
+
+@dataclass(slots=True)
+class PendingClaim:
+    """A claim sent but not yet read: other statements can join its pipeline round trip."""
+
+    conn: Conn
+    tenant_id: str
+    idem: Idempotency | None
+    cursor: psycopg.AsyncCursor[DictRow] | None
+
+    async def replay(self) -> tuple[int, Any] | None:
+        """None if this request holds the key now; else the first request's stored answer."""
+        if self.idem is None or self.cursor is None:
+            return None
+        if await self.cursor.fetchone():
+            return None
+        cur = await self.conn.execute(
+            "SELECT request_hash, status, response FROM idempotency_keys"
+            " WHERE tenant_id = %s AND key = %s",
+            (self.tenant_id, self.idem.key),
         )
-    return int(row["status"]), row["response"]
+        row = await cur.fetchone()
+        if row is None:  # the other request rolled back between our two statements
+            raise IdempotencyInFlight("retry: a request with this Idempotency-Key just failed")
+        if bytes(row["request_hash"]) != self.idem.fingerprint:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was used for a different request", key=self.idem.key
+            )
+        return int(row["status"]), row["response"]
+
+
+async def begin_claim(conn: Conn, tenant_id: str, idem: Idempotency | None) -> PendingClaim:
+    """Send the claim of ``idem`` without waiting for it (see `claim`)."""
+    cursor = None
+    if idem is not None:
+        cursor = await conn.execute(
+            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, response)"
+            " VALUES (%s, %s, %s, 0, 'null') ON CONFLICT DO NOTHING RETURNING 1",
+            (tenant_id, idem.key, idem.fingerprint),
+        )
+    return PendingClaim(conn, tenant_id, idem, cursor)
 
 
 async def remember(

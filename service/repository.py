@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.types.range import Range
 
@@ -21,7 +21,9 @@ from engine.intervals import Interval
 from engine.model import Busy, BusyKind, Requirement, Resource, ResourceKind, Rules, Service
 from engine.recurrence import Series
 from service.db import Conn
-from service.errors import NotFound
+from service.errors import NotFound, ServiceError
+
+T = TypeVar("T")
 
 
 def new_id() -> str:
@@ -339,28 +341,60 @@ class Catalog:
 
 class CatalogCache:
     """Per-tenant catalogs in memory, checked against `tenants.catalog_version` (bumped by
-    triggers on every catalog change) at the start of each use, so they are never stale."""
+    triggers on every catalog change) in every transaction that uses them, so they are never
+    stale. The check rides in the same pipeline round trip as the reads that depend on it."""
 
     def __init__(self, max_tenants: int = 1024) -> None:
         self._entries: OrderedDict[str, Catalog] = OrderedDict()
         self._max = max_tenants
 
     async def get(self, conn: Conn, tenant_id: str) -> Catalog:
-        cur = await conn.execute("SELECT catalog_version FROM tenants WHERE id = %s", (tenant_id,))
-        row = await cur.fetchone()
-        if row is None:
-            raise NotFound("tenant not found")
-        version = int(row["catalog_version"])
+        catalog, _ = await self.read(conn, tenant_id, _no_reads)
+        return catalog
+
+    async def read(
+        self, conn: Conn, tenant_id: str, reads: Callable[[Catalog], Awaitable[T]]
+    ) -> tuple[Catalog, T]:
+        """The current catalog and ``reads(catalog)``: the queries that depend on it.
+
+        ``reads`` first runs against the cached catalog while the version query is still in
+        flight (pipeline mode sends both before waiting); only if the cache proves stale is
+        the catalog reloaded and ``reads`` run again. So ``reads`` must be safe to repeat in
+        one transaction (reads, and advisory locks, which a transaction may re-take)."""
+        version_cursor = await conn.execute(
+            "SELECT catalog_version FROM tenants WHERE id = %s", (tenant_id,)
+        )
+        fetched: list[int] = []
+
+        async def version() -> int:
+            if not fetched:
+                row = await version_cursor.fetchone()
+                if row is None:
+                    raise NotFound("tenant not found")
+                fetched.append(int(row["catalog_version"]))
+            return fetched[0]
+
         cached = self._entries.get(tenant_id)
-        if cached is not None and cached.version == version:
-            self._entries.move_to_end(tenant_id)
-            return cached
-        catalog = await _load_catalog(conn, version)
+        if cached is not None:
+            try:
+                result = await reads(cached)
+            except ServiceError:
+                if await version() == cached.version:
+                    raise  # a real refusal, not an artefact of a stale catalog
+            else:
+                if await version() == cached.version:
+                    self._entries.move_to_end(tenant_id)
+                    return cached, result
+        catalog = await _load_catalog(conn, await version())
         self._entries[tenant_id] = catalog
         self._entries.move_to_end(tenant_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        return catalog
+        return catalog, await reads(catalog)
+
+
+async def _no_reads(_: Catalog) -> None:
+    return None
 
 
 async def _load_catalog(conn: Conn, version: int) -> Catalog:
@@ -435,6 +469,24 @@ async def load_calendars(
         " AND NOT booking_id = ANY(%(exclude)s::uuid[])",
         {"ids": ids, "w": during, "exclude": list(exclude)},
     )
+    limited = [
+        rid
+        for rid, r in resources.items()
+        if r.daily_capacity is not None or r.daily_minutes is not None
+    ]
+    loads: dict[str, dict[date, tuple[int, int]]] = {rid: {} for rid in ids}
+    load_cur = None
+    if limited:  # queued before the first fetch: both answers come back in one round trip
+        # Local days of any zone touching the window lie within a day of its UTC dates.
+        first = (window.start - timedelta(days=1)).date()
+        last = (window.end + timedelta(days=1)).date()
+        load_cur = await conn.execute(
+            "SELECT resource_id::text AS rid, local_day, count(*) AS n, sum(minutes) AS minutes"
+            " FROM booking_resources WHERE active AND resource_id = ANY(%s::uuid[])"
+            " AND local_day BETWEEN %s AND %s AND NOT booking_id = ANY(%s::uuid[])"
+            " GROUP BY 1, 2",
+            (limited, first, last, list(exclude)),
+        )
     for row in await cur.fetchall():
         busy[row["rid"]].append(
             Busy(
@@ -444,24 +496,8 @@ async def load_calendars(
                 minutes=row["minutes"],
             )
         )
-    limited = [
-        rid
-        for rid, r in resources.items()
-        if r.daily_capacity is not None or r.daily_minutes is not None
-    ]
-    loads: dict[str, dict[date, tuple[int, int]]] = {rid: {} for rid in ids}
-    if limited:
-        # Local days of any zone touching the window lie within a day of its UTC dates.
-        first = (window.start - timedelta(days=1)).date()
-        last = (window.end + timedelta(days=1)).date()
-        cur = await conn.execute(
-            "SELECT resource_id::text AS rid, local_day, count(*) AS n, sum(minutes) AS minutes"
-            " FROM booking_resources WHERE active AND resource_id = ANY(%s::uuid[])"
-            " AND local_day BETWEEN %s AND %s AND NOT booking_id = ANY(%s::uuid[])"
-            " GROUP BY 1, 2",
-            (limited, first, last, list(exclude)),
-        )
-        for row in await cur.fetchall():
+    if load_cur is not None:
+        for row in await load_cur.fetchall():
             loads[row["rid"]][row["local_day"]] = (int(row["n"]), int(row["minutes"]))
     return {
         rid: ResourceCalendar(resources[rid], catalog.hours.get(rid, ()), busy[rid], loads[rid])
@@ -503,37 +539,79 @@ class NewBooking:
     rescheduled_from: str | None = None
 
 
-async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBooking]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at, customer,"
-            " created_by, series_id, recurrence_id, rescheduled_from)"
-            " VALUES (%s, %s, %s, 'confirmed', %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    b.id,
-                    tenant_id,
-                    b.service_id,
-                    b.start,
-                    b.end,
-                    b.customer,
-                    b.created_by,
-                    b.series_id,
-                    b.recurrence_id,
-                    b.rescheduled_from,
-                )
-                for b in bookings
-            ],
-        )
-        await cur.executemany(
-            "INSERT INTO booking_resources (tenant_id, booking_id, resource_id, requirement_index,"
-            " service_id, during, local_day, minutes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (tenant_id, b.id, rid, index, b.service_id, Range(fp.start, fp.end), day, b.minutes)
-                for b in bookings
-                for index, rid, fp, day in b.resources
-            ],
-        )
+async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBooking]) -> datetime:
+    """Insert ``bookings`` and their resource rows; returns their `created_at` (the
+    transaction's start, which every booking of one transaction shares)."""
+    async with conn.cursor() as booked, conn.cursor() as linked:
+        # A sync on leaving the nested pipeline: a violation is raised here, not by some
+        # later statement, and both inserts cost one round trip.
+        async with conn.pipeline():
+            await booked.executemany(
+                "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at,"
+                " customer, created_by, series_id, recurrence_id, rescheduled_from)"
+                " VALUES (%s, %s, %s, 'confirmed', %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING created_at",
+                [
+                    (
+                        b.id,
+                        tenant_id,
+                        b.service_id,
+                        b.start,
+                        b.end,
+                        b.customer,
+                        b.created_by,
+                        b.series_id,
+                        b.recurrence_id,
+                        b.rescheduled_from,
+                    )
+                    for b in bookings
+                ],
+                returning=True,
+            )
+            await linked.executemany(
+                "INSERT INTO booking_resources (tenant_id, booking_id, resource_id,"
+                " requirement_index, service_id, during, local_day, minutes)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        tenant_id,
+                        b.id,
+                        rid,
+                        index,
+                        b.service_id,
+                        Range(fp.start, fp.end),
+                        day,
+                        b.minutes,
+                    )
+                    for b in bookings
+                    for index, rid, fp, day in b.resources
+                ],
+            )
+        row = await booked.fetchone()
+    assert row is not None, "an INSERT ... RETURNING of at least one row returned none"
+    created_at: datetime = row["created_at"]
+    return created_at
+
+
+def inserted_row(booking: NewBooking, created_at: datetime) -> dict[str, Any]:
+    """The row `get_booking` would read back for a booking just inserted, without the read."""
+    return {
+        "id": booking.id,
+        "service_id": booking.service_id,
+        "status": "confirmed",
+        "starts_at": booking.start,
+        "ends_at": booking.end,
+        "customer": booking.customer,
+        "series_id": booking.series_id,
+        "recurrence_id": booking.recurrence_id,
+        "created_at": created_at,
+        "cancelled_at": None,
+        "rescheduled_from": booking.rescheduled_from,
+        "resources": [
+            {"requirement": index, "resource_id": rid}
+            for index, rid, _, _ in sorted(booking.resources, key=lambda r: (r[0], r[1]))
+        ],
+    }
 
 
 BOOKING_SELECT = (

@@ -7,18 +7,25 @@ thing as a child process for tests and benchmarks, waits until it answers, and a
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from service.infra import Endpoints, free_port
+
+# A worker that dies sooner than this after starting failed to start: restarting won't help.
+WORKER_START_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,25 +73,83 @@ def worker_env(
 
 
 def serve(host: str, port: int, workers: int, backlog: int, env: dict[str, str]) -> None:
-    """Run uvicorn in the foreground (workers > 1: one process each, sharing the socket)."""
+    """Run uvicorn in the foreground; with workers > 1, one process each under `_supervise`."""
     import uvicorn
 
     os.environ.update(env)
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.app:app_from_env",
         factory=True,
         host=host,
         port=port,
-        workers=workers,
         backlog=backlog,
         log_level="warning",
         access_log=False,
         timeout_keep_alive=120,
-        # uvicorn kills a worker whose pong thread misses this deadline; under a 10k burst on
-        # two shared cores a busy worker can miss the default 5 s, and the kill drops every
-        # connection it holds. A hung worker is still replaced, a minute later.
-        timeout_worker_healthcheck=60,
     )
+    if workers == 1:
+        uvicorn.Server(config).run()
+    else:
+        sys.exit(_supervise(config, workers))
+
+
+def _listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
+
+
+def _worker(config: Any) -> None:
+    """One worker process: its own SO_REUSEPORT socket on the shared port."""
+    import uvicorn
+
+    config.configure_logging()
+    sock = _listening_socket(config.host, config.port, config.backlog)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _supervise(config: Any, workers: int) -> int:
+    """Start `workers` processes, restart one that dies, stop them all on SIGTERM/SIGINT.
+
+    Why not uvicorn's own workers: they share one listening socket, and whichever worker wakes
+    first accepts every pending connection — with keep-alive clients one worker served all
+    the traffic while the other idled. Each worker here listens on its own SO_REUSEPORT
+    socket, so the kernel spreads connections over them evenly.
+    Returns the exit status: 0 after a signal, 3 when a worker fails during start-up.
+    """
+    _listening_socket(config.host, config.port, config.backlog).close()  # port free? fail now
+    spawn = multiprocessing.get_context("spawn")
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+
+    def start() -> tuple[multiprocessing.process.BaseProcess, float]:
+        process = spawn.Process(target=_worker, args=(config,), daemon=True)
+        process.start()
+        return process, time.monotonic()
+
+    processes = [start() for _ in range(workers)]
+    status = 0
+    while not stopping and status == 0:
+        time.sleep(0.2)
+        for index, (process, started) in enumerate(processes):
+            if process.is_alive():
+                continue
+            if time.monotonic() - started < WORKER_START_GRACE_S:
+                status = 3  # it would fail the same way on every restart (bad app or socket)
+                break
+            processes[index] = start()
+    for process, _ in processes:
+        process.terminate()
+    for process, _ in processes:
+        process.join(timeout=15)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return status
 
 
 @contextlib.contextmanager
