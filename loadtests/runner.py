@@ -241,9 +241,11 @@ def run_locust(
             if on_release is not None:
                 on_release(barrier)
             releases[barrier] = time.time() + RELEASE_LEAD_S
-            (run_dir / f"go-{barrier}.json").write_text(
-                json.dumps({"release_at": releases[barrier]})
-            )
+            # Atomically: Locust processes poll for this file, and one that read it half
+            # written would never open its barrier, leaving all its users unanswered.
+            go = run_dir / f"go-{barrier}.json"
+            go.with_suffix(".tmp").write_text(json.dumps({"release_at": releases[barrier]}))
+            go.with_suffix(".tmp").replace(go)
         codes = _await_exit(children, timeout_s)
     finally:
         for child in children:

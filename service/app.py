@@ -437,17 +437,23 @@ async def create_hold(
 
 @post("/v1/holds/{hold_id:str}/extend", status_code=200)
 async def extend_hold(
-    hold_id: str, data: HoldExtendIn, caller: Caller, request: Request[Any, Any, State]
+    hold_id: str,
+    data: HoldExtendIn,
+    caller: Caller,
+    request_id: str,
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """Extend a live hold; returns the hold with its new id and expiry."""
     ttl = timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None
-    return await booking(request).extend_hold(caller, hold_id, ttl)
+    return await booking(request).extend_hold(caller, hold_id, ttl, request_id)
 
 
 @delete("/v1/holds/{hold_id:str}", status_code=204)
-async def release_hold(hold_id: str, caller: Caller, request: Request[Any, Any, State]) -> None:
+async def release_hold(
+    hold_id: str, caller: Caller, request_id: str, request: Request[Any, Any, State]
+) -> None:
     """Release a hold early."""
-    await booking(request).release_hold(caller, hold_id)
+    await booking(request).release_hold(caller, hold_id, request_id)
 
 
 @post("/v1/bookings", status_code=201)

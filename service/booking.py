@@ -18,6 +18,7 @@ rules are checked without a lock, so concurrent bookings can exceed a daily capa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,7 @@ from engine.slots import (
 )
 from engine.timezones import local_date, to_local
 from service import repository as repo
+from service.audit_batch import BatchedAudit
 from service.auth import Caller
 from service.db import Conn, Database, Idempotency, audit, begin_claim, claim, remember
 from service.errors import (
@@ -64,6 +66,7 @@ from service.errors import (
 from service.holds import (
     Claim,
     Hold,
+    HoldConflict,
     HoldStore,
     HoldStoreDown,
     HoldTokens,
@@ -94,6 +97,8 @@ class Limits:
     series_horizon: timedelta = timedelta(days=180)
     max_series_occurrences: int = 400
     replan_attempts: int = 3
+    # How long a hold outlives its confirmation (see `_linger`).
+    booked_hold_linger: timedelta = timedelta(seconds=60)
 
 
 class _StalePlan(Exception):
@@ -204,6 +209,8 @@ class BookingService:
         self.limits = limits
         self.strategy = strategy
         self.catalogs = repo.CatalogCache()
+        self.refusals = BatchedAudit(db)
+        self._loading: dict[str, asyncio.Future[repo.Catalog]] = {}
 
     # --- reads ---------------------------------------------------------------------------------
     async def availability(
@@ -296,13 +303,22 @@ class BookingService:
         caller.require("book")
         ttl = self._ttl(ttl)
         now = self.clock()
-        record, service, calendars = await self._one_start(
-            caller, service_id, start, pins, "hold.create", request_id
-        )
         nonce = new_nonce() if idem is None else idem_nonce(caller, idem)
-        verdict, degraded = await self._plan_and_hold(
-            caller.tenant, nonce, service, calendars, start, now, record.rules, ttl
-        )
+        taken = await self._hold_first(caller, service_id, start, pins, nonce, ttl, request_id)
+        try:
+            record, service, calendars = await self._one_start(
+                caller, service_id, start, pins, "hold.create", request_id
+            )
+            if taken is not None and taken[0] != record.service:
+                # The catalog changed under the cached copy: start over from the current one.
+                await self._release_claims(caller.tenant, nonce, taken[1])
+            verdict, degraded = await self._plan_and_hold(
+                caller.tenant, nonce, service, calendars, start, now, record.rules, ttl
+            )
+        except BaseException:
+            if taken is not None:
+                await self._release_claims(caller.tenant, nonce, taken[1])
+            raise
         hold = Hold(
             caller.tenant,
             caller.key_id,
@@ -385,32 +401,96 @@ class BookingService:
             if clash is None:
                 return verdict, False
             if considered_holds:
-                raise SlotConflict(
-                    "another caller holds this slot",
-                    why={
-                        "reason": "held",
-                        "resource_id": clash.resource_id,
-                        "start": iso(datetime.fromtimestamp(clash.start_ms / 1000, UTC)),
-                        "end": iso(datetime.fromtimestamp(clash.end_ms / 1000, UTC)),
-                    },
-                )
+                raise held_by_another(clash)
             considered_holds = True
             if not await self._add_live_holds(tenant_id, calendars, footprint, service):
                 return verdict, True
 
-    async def release_hold(self, caller: Caller, hold_id: str) -> None:
+    async def _hold_first(
+        self,
+        caller: Caller,
+        service_id: str,
+        start: datetime,
+        pins: Sequence[str],
+        nonce: str,
+        ttl: timedelta,
+        request_id: str | None,
+    ) -> tuple[Service, list[Claim]] | None:
+        """Layer 1 before any database read, when the pins fix every resource the slot needs:
+        take the hold in Valkey first. The first caller of a rush on a hot slot gets it (and
+        then goes the full way, which re-takes the same hold and checks the slot in
+        PostgreSQL); every later one is refused here at the cost of a Valkey round trip and a
+        share of a batched audit insert — not a transaction each. Returns the service the
+        claims were computed from and the claims, or None where the full path must decide
+        alone (pins that leave a choice, Valkey down, a catalog changed meanwhile)."""
+        if not pins:
+            return None
+        catalog = await self._catalog_for_holds(caller.tenant)
+        record = catalog.services.get(service_id)
+        if record is None:
+            return None
+        assignment = fixed_assignment(record.service, catalog, pins)
+        if assignment is None:
+            return None
+        footprint = record.service.footprint(start)
+        lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
+        claims = [Claim(rid, lo, hi) for _, rid in assignment]
+        try:
+            clash = await self.holds.acquire(caller.tenant, nonce, claims, ttl)
+        except HoldStoreDown:
+            return None
+        if clash is None:
+            return record.service, claims
+        version = await self.refusals.append(
+            caller,
+            "hold.create",
+            "service",
+            service_id,
+            request_id,
+            {"start": iso(start), "refused": "held"},
+        )
+        if version == catalog.version:
+            raise held_by_another(clash)
+        return None
+
+    async def _catalog_for_holds(self, tenant_id: str) -> repo.Catalog:
+        """The cached catalog (checked later, in the full path's transaction), loaded once
+        per tenant and worker however many requests of a burst ask at the same moment."""
+        cached = self.catalogs.cached(tenant_id)
+        if cached is not None:
+            return cached
+        loading = self._loading.get(tenant_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_catalog(tenant_id))
+            self._loading[tenant_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(tenant_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load_catalog(self, tenant_id: str) -> repo.Catalog:
+        async with self.db.transaction(tenant_id) as conn:
+            return await self.catalogs.get(conn, tenant_id)
+
+    async def _release_claims(self, tenant_id: str, nonce: str, claims: list[Claim]) -> None:
+        try:
+            await self.holds.release(tenant_id, nonce, claims)
+        except HoldStoreDown:
+            log.warning("hold %s not released: the hold store is down (it will expire)", nonce)
+
+    async def release_hold(self, caller: Caller, hold_id: str, request_id: str | None) -> None:
         caller.require("book")
         hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, self.clock())
-        await self._release(hold, await self._footprint_of(hold))
+        await self._release(
+            hold, await self._footprint_of(caller, hold, "hold.release", request_id)
+        )
 
     async def extend_hold(
-        self, caller: Caller, hold_id: str, ttl: timedelta | None
+        self, caller: Caller, hold_id: str, ttl: timedelta | None, request_id: str | None
     ) -> dict[str, Any]:
         caller.require("book")
         ttl = self._ttl(ttl)
         now = self.clock()
         hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now)
-        footprint = await self._footprint_of(hold)
+        footprint = await self._footprint_of(caller, hold, "hold.extend", request_id)
         if not hold.degraded:
             try:
                 alive = await self.holds.extend(
@@ -432,19 +512,52 @@ class BookingService:
             "degraded": hold.degraded,
         }
 
-    async def _footprint_of(self, hold: Hold) -> Interval:
+    async def _footprint_of(
+        self, caller: Caller, hold: Hold, action: str, request_id: str | None
+    ) -> Interval:
+        """The hold's buffered footprint, from the current catalog; ``action`` is audited."""
         async with self.db.transaction(hold.tenant_id) as conn:
             catalog = await self.catalogs.get(conn, hold.tenant_id)
             record = catalog.service(hold.service_id)
+            await audit(
+                conn,
+                caller,
+                action,
+                "service",
+                hold.service_id,
+                request_id,
+                {"start": iso(hold.start), "hold": hold.nonce},
+            )
         return record.service.footprint(hold.start)
 
-    async def _release(self, hold: Hold, footprint: Interval) -> None:
+    async def _linger(self, hold: Hold, footprint: Interval) -> None:
+        """A confirmed hold stays a little while instead of being released: a hot slot's
+        booking is followed by a rush of callers who have not seen it yet, and the lingering
+        hold refuses them in Valkey (`_hold_first`) rather than each costing a database read.
+        Cancelling or rescheduling the booking releases it at once (`_release_lingering`)."""
         if hold.degraded:
             return
         try:
-            await self.holds.release(hold.tenant_id, hold.nonce, _claims(hold, footprint))
+            await self.holds.extend(
+                hold.tenant_id, hold.nonce, _claims(hold, footprint), self.limits.booked_hold_linger
+            )
         except HoldStoreDown:
-            log.warning("hold %s not released: the hold store is down (it will expire)", hold.nonce)
+            log.warning("hold %s kept its own expiry: the hold store is down", hold.nonce)
+
+    async def _release_lingering(
+        self, tenant_id: str, booking: Mapping[str, Any], record: repo.ServiceRecord
+    ) -> None:
+        """Release the hold a booking was confirmed from, if it may still linger."""
+        if booking["hold_nonce"] is None:
+            return
+        footprint = record.service.footprint(booking["starts_at"])
+        lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
+        claims = [Claim(r["resource_id"], lo, hi) for r in booking["resources"]]
+        await self._release_claims(tenant_id, booking["hold_nonce"], claims)
+
+    async def _release(self, hold: Hold, footprint: Interval) -> None:
+        if not hold.degraded:
+            await self._release_claims(hold.tenant_id, hold.nonce, _claims(hold, footprint))
 
     # --- bookings ------------------------------------------------------------------------------
     async def confirm(
@@ -465,7 +578,7 @@ class BookingService:
         if hold_id is not None:
             hold = self.tokens.read(hold_id, caller.tenant, caller.key_id, now)
             record, answer = await self._confirm_held(caller, hold, customer, now, idem, request_id)
-            await self._release(hold, record.service.footprint(hold.start))
+            await self._linger(hold, record.service.footprint(hold.start))
             return answer
         if service_id is None or start is None:
             raise InvalidInput("send either hold_id, or service_id and start", field="hold_id")
@@ -501,7 +614,15 @@ class BookingService:
             if replay is not None:
                 return record, replay
             booking, created_at = await self.book_checked(
-                conn, caller, record, calendars, hold.start, hold.resources, now, customer
+                conn,
+                caller,
+                record,
+                calendars,
+                hold.start,
+                hold.resources,
+                now,
+                customer,
+                hold_nonce=None if hold.degraded else hold.nonce,
             )
             body = await self._acknowledge(
                 conn, caller, booking, created_at, idem, request_id, held=True
@@ -650,6 +771,7 @@ class BookingService:
         customer: str,
         rescheduled_from: str | None = None,
         replan: bool = False,
+        hold_nonce: str | None = None,
     ) -> tuple[repo.NewBooking, datetime]:
         """Ask the engine again over calendars read under the lock, then insert: the booking
         and its `created_at`. With ``replan``, a refusal means "the snapshot was stale": the
@@ -658,8 +780,17 @@ class BookingService:
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
             raise _StalePlan() if replan else refuse(verdict)
-        booking = _new_booking(
-            record, calendars, start, verdict.assignment, customer, caller.key_id, rescheduled_from
+        booking = replace(
+            _new_booking(
+                record,
+                calendars,
+                start,
+                verdict.assignment,
+                customer,
+                caller.key_id,
+                rescheduled_from,
+            ),
+            hold_nonce=hold_nonce,
         )
         return booking, await self._insert(conn, caller.tenant, [booking])
 
@@ -742,6 +873,8 @@ class BookingService:
                 await audit(conn, caller, "booking.cancel", "booking", booking_id, request_id)
             body = _booking_json(await repo.get_booking(conn, booking_id))
             await remember(conn, caller.tenant, idem, 200, body)
+        if booking["status"] == "confirmed":
+            await self._release_lingering(caller.tenant, booking, record)
         return 200, body
 
     async def reschedule(
@@ -813,6 +946,7 @@ class BookingService:
                 request_id,
                 {"from": booking_id},
             )
+        await self._release_lingering(caller.tenant, old, record)
         return 201, body
 
     async def capacity(
@@ -1060,6 +1194,35 @@ class BookingService:
                 )
                 calendars[rid].add(Busy(span, nonce, BusyKind.HOLD))
         return True
+
+
+def held_by_another(clash: HoldConflict) -> SlotConflict:
+    return SlotConflict(
+        "another caller holds this slot",
+        why={
+            "reason": "held",
+            "resource_id": clash.resource_id,
+            "start": iso(datetime.fromtimestamp(clash.start_ms / 1000, UTC)),
+            "end": iso(datetime.fromtimestamp(clash.end_ms / 1000, UTC)),
+        },
+    )
+
+
+def fixed_assignment(
+    service: Service, catalog: repo.Catalog, pins: Sequence[str]
+) -> Assignment | None:
+    """The one assignment ``pins`` leave for ``service``, or None if they leave a choice (or
+    are not all valid: the full path then explains why)."""
+    resources = catalog.resources_for(service)
+    if any(rid not in resources for rid in pins):
+        return None
+    assignment: list[tuple[int, str]] = []
+    for index, req in enumerate(repo.pin(service.requirements, resources.values(), pins)):
+        if req.resource_ids is None or len(req.resource_ids) != req.count:
+            return None
+        assignment += [(index, rid) for rid in sorted(req.resource_ids)]
+    ids = [rid for _, rid in assignment]
+    return tuple(assignment) if len(set(ids)) == len(ids) else None
 
 
 def idem_nonce(caller: Caller, idem: Idempotency) -> str:

@@ -70,6 +70,8 @@ class HoldStore(Protocol):
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> HoldConflict | None: ...
 
+    async def probe(self, tenant_id: str, claims: Sequence[Claim]) -> HoldConflict | None: ...
+
     async def extend(
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> bool: ...
@@ -84,7 +86,8 @@ class HoldStore(Protocol):
 # KEYS: hold key, then one sorted set per resource. ARGV: ttl_ms, scan_back_ms, key prefix,
 # nonce, then (start_ms, end_ms) per resource. Members are "<nonce>:<start>:<end>", scored by
 # start; a member whose hold key is gone belongs to an expired hold and is swept on sight.
-_ACQUIRE = """
+# The first clash with another live hold is returned as {resource index, start, end}.
+_FIND_CLASH = """
 local ttl, back, prefix, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 for i = 2, #KEYS do
   local lo, hi = tonumber(ARGV[3 + 2 * (i - 1)]), tonumber(ARGV[4 + 2 * (i - 1)])
@@ -98,6 +101,10 @@ for i = 2, #KEYS do
     end
   end
 end
+"""
+_ACQUIRE = (
+    _FIND_CLASH
+    + """
 redis.call('SET', KEYS[1], '1', 'PX', ttl)
 for i = 2, #KEYS do
   local lo, hi = ARGV[3 + 2 * (i - 1)], ARGV[4 + 2 * (i - 1)]
@@ -106,6 +113,9 @@ for i = 2, #KEYS do
 end
 return 0
 """
+)
+# The same arguments: the first clash, taking nothing.
+_PROBE = _FIND_CLASH + "return 0\n"
 
 # KEYS: hold key, resource sets. ARGV: ttl_ms. Only a live hold can be extended.
 _EXTEND = """
@@ -131,6 +141,7 @@ class RedisHoldStore:
     def __init__(self, client: Redis) -> None:
         self._redis = client
         self._acquire = client.register_script(_ACQUIRE)
+        self._probe = client.register_script(_PROBE)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
 
@@ -145,10 +156,24 @@ class RedisHoldStore:
     async def acquire(
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> HoldConflict | None:
+        return await self._clash(self._acquire, tenant_id, nonce, claims, ttl)
+
+    async def probe(self, tenant_id: str, claims: Sequence[Claim]) -> HoldConflict | None:
+        """The first live hold overlapping ``claims``, without taking anything."""
+        return await self._clash(self._probe, tenant_id, "", claims, timedelta(0))
+
+    async def _clash(
+        self,
+        script: Any,
+        tenant_id: str,
+        nonce: str,
+        claims: Sequence[Claim],
+        ttl: timedelta,
+    ) -> HoldConflict | None:
         args: list[Any] = [_ms(ttl), _ms(MAX_FOOTPRINT), self._prefix(tenant_id) + "hold:", nonce]
         for claim in claims:
             args += [claim.start_ms, claim.end_ms]
-        result = await self._call(self._acquire, self._keys(tenant_id, nonce, claims), args)
+        result = await self._call(script, self._keys(tenant_id, nonce, claims), args)
         if result == 0:
             return None
         index, lo, hi = result

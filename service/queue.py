@@ -252,17 +252,18 @@ class QueueService:
         time_limit: float,
         request_id: str | None,
     ) -> dict[str, Any]:
-        """Assign the whole queue (or the entries whose window overlaps ``window``) with the
-        engine's CP-SAT model, then book each placement through the locked path. An entry
-        left waiting gets its reason (stored, and in the answer)."""
+        """Assign the whole queue (or, with ``window``, the entries that may start in it, each
+        placed inside it) with the engine's CP-SAT model, then book each placement through
+        the locked path. An entry left waiting gets its reason (stored, and in the answer)."""
         caller.require("book")
         now = self.clock()
         async with self.db.transaction(caller.tenant) as conn:
             where: list[str] = ["status = 'waiting'", "latest >= %s"]
             params: list[Any] = [now]
             if window is not None:
-                where += ["earliest < %s", "latest >= %s"]
-                params += [window.end, window.start]
+                # Entries with a whole-second start in the window (see `_starts_within`).
+                where += ["earliest <= %s", "latest >= %s"]
+                params += [window.end - timedelta(seconds=1), window.start]
             if service_id:
                 where.append("service_id = %s")
                 params.append(service_id)
@@ -277,8 +278,7 @@ class QueueService:
                 QueuedAppointment(
                     e["id"],
                     catalog.service(e["service_id"]).service,
-                    e["earliest"],
-                    e["latest"],
+                    *_starts_within(e["earliest"], e["latest"], window),
                     e["priority"],
                 )
                 for e in entries
@@ -337,6 +337,15 @@ class QueueService:
                     "UPDATE queue_entries SET last_reason = %s"
                     " WHERE id = %s AND status = 'waiting'",
                     [(json.dumps(r), eid) for eid, r in reasons.items()],
+                )
+                await audit(
+                    conn,
+                    caller,
+                    "queue.auto_assign.unassigned",
+                    "queue_entry",
+                    None,
+                    request_id,
+                    {"entries": sorted(reasons)},
                 )
         return {
             "considered": len(queue),
@@ -473,6 +482,16 @@ class QueueService:
         # hold key's existence matters for: deleting the key makes its members dead on sight.
         with contextlib.suppress(HoldStoreDown):
             await self.booking.holds.release(tenant_id, _offer_nonce(entry_id), [])
+
+
+def _starts_within(
+    earliest: datetime, latest: datetime, window: Interval | None
+) -> tuple[datetime, datetime]:
+    """An entry's acceptable starts ``[earliest, latest]`` (inclusive) narrowed to the
+    half-open ``window`` an auto-assign was asked for (starts are whole seconds)."""
+    if window is None:
+        return earliest, latest
+    return max(earliest, window.start), min(latest, window.end - timedelta(seconds=1))
 
 
 def _offer_nonce(entry_id: str) -> str:

@@ -339,6 +339,9 @@ class Catalog:
         }
 
 
+CATALOG_VERSION_SQL = "SELECT catalog_version FROM tenants WHERE id = %s"
+
+
 class CatalogCache:
     """Per-tenant catalogs in memory, checked against `tenants.catalog_version` (bumped by
     triggers on every catalog change) in every transaction that uses them, so they are never
@@ -352,6 +355,11 @@ class CatalogCache:
         catalog, _ = await self.read(conn, tenant_id, _no_reads)
         return catalog
 
+    def cached(self, tenant_id: str) -> Catalog | None:
+        """The catalog last read for ``tenant_id``, unchecked: a caller that decides with it
+        must compare its `version` with the current one before trusting the decision."""
+        return self._entries.get(tenant_id)
+
     async def read(
         self, conn: Conn, tenant_id: str, reads: Callable[[Catalog], Awaitable[T]]
     ) -> tuple[Catalog, T]:
@@ -361,9 +369,7 @@ class CatalogCache:
         flight (pipeline mode sends both before waiting); only if the cache proves stale is
         the catalog reloaded and ``reads`` run again. So ``reads`` must be safe to repeat in
         one transaction (reads, and advisory locks, which a transaction may re-take)."""
-        version_cursor = await conn.execute(
-            "SELECT catalog_version FROM tenants WHERE id = %s", (tenant_id,)
-        )
+        version_cursor = await conn.execute(CATALOG_VERSION_SQL, (tenant_id,))
         fetched: list[int] = []
 
         async def version() -> int:
@@ -537,6 +543,7 @@ class NewBooking:
     series_id: str | None = None
     recurrence_id: datetime | None = None
     rescheduled_from: str | None = None
+    hold_nonce: str | None = None  # the hold it was confirmed from (see `BookingService`)
 
 
 async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBooking]) -> datetime:
@@ -548,8 +555,8 @@ async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBook
         async with conn.pipeline():
             await booked.executemany(
                 "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at,"
-                " customer, created_by, series_id, recurrence_id, rescheduled_from)"
-                " VALUES (%s, %s, %s, 'confirmed', %s, %s, %s, %s, %s, %s, %s)"
+                " customer, created_by, series_id, recurrence_id, rescheduled_from, hold_nonce)"
+                " VALUES (%s, %s, %s, 'confirmed', %s, %s, %s, %s, %s, %s, %s, %s)"
                 " RETURNING created_at",
                 [
                     (
@@ -563,6 +570,7 @@ async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBook
                         b.series_id,
                         b.recurrence_id,
                         b.rescheduled_from,
+                        b.hold_nonce,
                     )
                     for b in bookings
                 ],
@@ -617,7 +625,7 @@ def inserted_row(booking: NewBooking, created_at: datetime) -> dict[str, Any]:
 BOOKING_SELECT = (
     "SELECT b.id::text, b.service_id::text, b.status, b.starts_at, b.ends_at, b.customer,"
     " b.series_id::text, b.recurrence_id, b.created_at, b.cancelled_at,"
-    " b.rescheduled_from::text,"
+    " b.rescheduled_from::text, b.hold_nonce,"
     " coalesce((SELECT json_agg(json_build_object('requirement', br.requirement_index,"
     "   'resource_id', br.resource_id) ORDER BY br.requirement_index, br.resource_id)"
     "  FROM booking_resources br WHERE br.booking_id = b.id), '[]') AS resources"

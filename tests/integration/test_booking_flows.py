@@ -298,6 +298,9 @@ def test_a_live_hold_hides_its_slot_until_released(api: Api, infra: Infra) -> No
 
         released = client.delete(f"/v1/holds/{hold.json()['id']}", headers=tenant.headers)
         assert released.status_code == 204
+        trail = client.get("/v1/audit", params={"limit": 1000}, headers=tenant.headers).json()
+        hold_actions = [e["action"] for e in trail["events"] if e["action"].startswith("hold.")]
+        assert hold_actions[-3:] == ["hold.create", "hold.extend", "hold.release"]
         assert MONDAY_10_NY in starts_offered(client, tenant, other)
         mine = client.post("/v1/holds", json=slot, headers=other)
         assert mine.status_code == 201, mine.text

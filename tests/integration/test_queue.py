@@ -336,6 +336,33 @@ def test_manual_assign_books_through_the_normal_path_once(api: Api, infra: Infra
     assert queue_rows(infra.admin_url, tenant.id)[entry["id"]]["booking_id"] == booking_id
 
 
+def test_auto_assign_of_a_window_places_only_inside_it(api: Api, infra: Infra) -> None:
+    """Asked for [14:00, 15:00), auto-assign considers only the entries that may start then,
+    and places each inside the window — not at the first free start of its own window."""
+    tuesday = MONDAY + timedelta(days=1)
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers())
+        monday = enqueue(client, tenant, at(MONDAY, 9), at(MONDAY, 16), customer="Ada")
+        later = enqueue(client, tenant, at(tuesday, 9), at(tuesday, 16), customer="Bo")
+        r = client.post(
+            "/v1/queue/auto-assign",
+            json={"from": at(MONDAY, 14), "to": at(MONDAY, 15)},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["considered"] == 1
+        assert [a["entry_id"] for a in result["assigned"]] == [monday["id"]]
+        start = result["assigned"][0]["start"]
+        assert at(MONDAY, 14) <= start < at(MONDAY, 15)
+        assert listed(client, tenant, status="waiting") == [later["id"]]
+        audit = client.get("/v1/audit", headers=tenant.headers).json()
+        assert "queue.auto_assign.plan" in {e["action"] for e in audit["events"]}
+
+    booked = queue_rows(infra.admin_url, tenant.id)[monday["id"]]["booking_id"]
+    assert active_bookings(infra.admin_url, tenant.id) == {booked}
+
+
 def test_manual_assign_into_a_taken_slot_is_a_409_naming_the_conflict(
     api: Api, infra: Infra
 ) -> None:

@@ -1,0 +1,97 @@
+"""Audit events of requests that have no transaction of their own, written many at a time.
+
+A hold refused by Valkey reads nothing from PostgreSQL, yet its audit event must be stored
+before the 409 leaves. Giving each refusal a transaction of its own would put back the
+database load that refusing in Valkey saves (in a rush on one hot slot, thousands of losers).
+So events queue here: while one batch commits, the next gathers; each batch is one INSERT
+per tenant (RLS binds every insert to the transaction's tenant). `append` returns only after
+its event's batch has committed, so nothing is acknowledged before its audit row is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from service.auth import Caller
+from service.db import Database
+from service.repository import CATALOG_VERSION_SQL
+
+_INSERT = (
+    "INSERT INTO audit_events (tenant_id, actor, action, entity, entity_id, request_id, detail)"
+    " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::jsonb[])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    actor: str
+    action: str
+    entity: str
+    entity_id: str | None
+    request_id: str | None
+    detail: str  # JSON
+
+
+class BatchedAudit:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: dict[str, list[tuple[_Event, asyncio.Future[int]]]] = defaultdict(list)
+        self._writer: asyncio.Task[None] | None = None
+
+    async def append(
+        self,
+        caller: Caller,
+        action: str,
+        entity: str,
+        entity_id: str | None,
+        request_id: str | None,
+        detail: dict[str, Any],
+    ) -> int:
+        """Store one event; returns once it is committed, with the tenant's catalog version
+        read in the same transaction (so the caller can tell whether the catalog it decided
+        with was current). Raises `Unavailable` if PostgreSQL is."""
+        event = _Event(
+            caller.key_id, action, entity, entity_id, request_id, json.dumps(detail, default=str)
+        )
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting[caller.tenant].append((event, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        # shield: a client hanging up must not cancel the write others' events share.
+        return await asyncio.shield(done)
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, defaultdict(list)
+            for tenant_id, items in batch.items():
+                try:
+                    version = await self._insert(tenant_id, [event for event, _ in items])
+                except Exception as exc:  # every waiter of the batch learns why, none hangs
+                    for _, done in items:
+                        done.set_exception(exc)
+                else:
+                    for _, done in items:
+                        done.set_result(version)
+
+    async def _insert(self, tenant_id: str, events: list[_Event]) -> int:
+        async with self.db.transaction(tenant_id) as conn:
+            version = await conn.execute(CATALOG_VERSION_SQL, (tenant_id,))
+            await conn.execute(
+                _INSERT,
+                (
+                    tenant_id,
+                    [e.actor for e in events],
+                    [e.action for e in events],
+                    [e.entity for e in events],
+                    [e.entity_id for e in events],
+                    [e.request_id for e in events],
+                    [e.detail for e in events],
+                ),
+            )
+            row = await version.fetchone()
+        return int(row["catalog_version"]) if row else -1

@@ -1,0 +1,194 @@
+"""Layer 1 refusing before PostgreSQL: a hold whose pins fix every resource, on a slot another
+caller holds, is refused from Valkey alone; its audit event goes through the batched writer,
+many events to a transaction, each committed before its refusal returns. Run in-process on the
+real servers, so the test knows which worker's catalog cache answered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from service.audit_batch import BatchedAudit
+from service.auth import Caller
+from service.booking import BookingService
+from service.db import Database
+from service.errors import SlotConflict
+from service.holds import HoldTokens, RedisHoldStore
+from tests.integration.conftest import Api, Infra
+from tests.integration.tenancy import Tenant, make_tenant
+
+START = datetime(2027, 3, 1, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
+
+
+@pytest.fixture
+def tenant(api: Api) -> Iterator[Tenant]:
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        yield make_tenant(client, api.admin_headers())
+
+
+def callers(admin_url: str, tenant_id: str) -> tuple[Caller, Caller]:
+    """Two callers of one tenant (the key and a second identity): holds are per caller."""
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SELECT id::text FROM api_keys WHERE tenant_id = %s", (tenant_id,))
+        key_id = row.fetchone()
+    assert key_id is not None
+    scopes = frozenset({"read", "book"})
+    return Caller(key_id[0], tenant_id, scopes), Caller("other-" + key_id[0], tenant_id, scopes)
+
+
+def refused_events(admin_url: str, tenant_id: str) -> list[tuple[str, str]]:
+    """(actor, inserting transaction) of each audited hold refusal from the batched writer."""
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute(
+            "SELECT actor, xmin::text FROM audit_events WHERE tenant_id = %s"
+            " AND action = 'hold.create' AND detail ->> 'refused' = 'held'",
+            (tenant_id,),
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def booking_service(infra: Infra) -> AsyncIterator[BookingService]:
+    """The booking use cases in this process, on the session's real servers."""
+    db = await Database.open(infra.app_url, 2, 8)
+    redis = Redis.from_url(infra.redis_url)
+    try:
+        yield BookingService(
+            db,
+            RedisHoldStore(redis),
+            HoldTokens(b"k" * 32),
+            lambda: datetime(2027, 1, 4, tzinfo=UTC),
+        )
+    finally:
+        await redis.aclose()
+        await db.close()
+
+
+async def run_refusals(infra: Infra, tenant: Tenant, attempts: int) -> list[SlotConflict]:
+    async with booking_service(infra) as service:
+        holder, rival = callers(infra.admin_url, tenant.id)
+        pins = [tenant.staff[0], tenant.rooms[0]]
+        held = await service.create_hold(holder, tenant.service_id, START, pins, None, None, "h")
+        assert held["degraded"] is False
+
+        async def attempt(i: int) -> SlotConflict:
+            overlapping = START + timedelta(minutes=30 * (i % 2))  # the held hour, or half over it
+            with pytest.raises(SlotConflict) as refused:
+                await service.create_hold(
+                    rival, tenant.service_id, overlapping, pins, None, None, f"r{i}"
+                )
+            return refused.value
+
+        refusals = await asyncio.gather(*(attempt(i) for i in range(attempts)))
+        # Pins that leave a choice (no room named) go the full way, and are refused too.
+        with pytest.raises(SlotConflict) as full:
+            await service.create_hold(
+                rival, tenant.service_id, START, [tenant.staff[0]], None, None, "f"
+            )
+        assert full.value.extra["why"]["reason"] == "conflict"
+        return list(refusals)
+
+
+def test_pinned_losers_are_refused_from_valkey_and_audited_in_batches(
+    infra: Infra, tenant: Tenant
+) -> None:
+    refusals = asyncio.run(run_refusals(infra, tenant, attempts=40))
+    for refusal in refusals:
+        why = refusal.extra["why"]
+        assert why["reason"] == "held"
+        assert why["resource_id"] in {tenant.staff[0], tenant.rooms[0]}
+        assert why["start"] == START.isoformat().replace("+00:00", "Z")
+    events = refused_events(infra.admin_url, tenant.id)
+    assert len(events) == 40  # every refusal was audited (and committed before it returned)
+    assert {actor for actor, _ in events} == {
+        "other-" + callers(infra.admin_url, tenant.id)[0].key_id
+    }
+    transactions = {xact for _, xact in events}
+    assert len(transactions) < len(events), "concurrent refusals share audit transactions"
+
+
+def test_batched_audit_keeps_tenants_apart_and_reports_the_catalog_version(
+    api: Api, infra: Infra
+) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        first = make_tenant(client, api.admin_headers())
+        second = make_tenant(client, api.admin_headers(), staff=2)
+    with psycopg.connect(infra.admin_url) as conn:
+        versions = dict(
+            conn.execute(
+                "SELECT id::text, catalog_version FROM tenants WHERE id = ANY(%s::uuid[])",
+                ([first.id, second.id],),
+            ).fetchall()
+        )
+
+    async def append_all() -> list[int]:
+        db = await Database.open(infra.app_url, 2, 4)
+        try:
+            batch = BatchedAudit(db)
+            appends = [
+                batch.append(
+                    Caller(f"key-{i}", tenant.id, frozenset({"book"})),
+                    "test.batched",
+                    "service",
+                    None,
+                    f"req-{i}",
+                    {"i": i},
+                )
+                for i in range(30)
+                for tenant in (first, second)
+            ]
+            return list(await asyncio.gather(*appends))
+        finally:
+            await db.close()
+
+    answered = asyncio.run(append_all())
+    assert answered == [versions[t.id] for _ in range(30) for t in (first, second)]
+    with psycopg.connect(infra.admin_url) as conn:
+        stored = conn.execute(
+            "SELECT tenant_id::text, count(*), count(DISTINCT request_id) FROM audit_events"
+            " WHERE action = 'test.batched' AND tenant_id = ANY(%s::uuid[]) GROUP BY 1",
+            ([first.id, second.id],),
+        ).fetchall()
+    assert sorted(stored) == sorted([(first.id, 30, 30), (second.id, 30, 30)])
+
+
+def test_a_confirmed_hold_lingers_until_its_booking_is_cancelled(
+    infra: Infra, tenant: Tenant
+) -> None:
+    async def scenario() -> None:
+        async with booking_service(infra) as service:
+            holder, rival = callers(infra.admin_url, tenant.id)
+            pins = [tenant.staff[0], tenant.rooms[0]]
+            held = await service.create_hold(
+                holder, tenant.service_id, START, pins, None, None, "h"
+            )
+            status, booked = await service.confirm(
+                holder,
+                hold_id=held["id"],
+                service_id=None,
+                start=None,
+                pins=[],
+                customer="Ada",
+                idem=None,
+                request_id="c",
+            )
+            assert status == 201
+            # The rush after the booking is refused in Valkey, by the hold that stayed.
+            with pytest.raises(SlotConflict) as late:
+                await service.create_hold(rival, tenant.service_id, START, pins, None, None, "l")
+            assert late.value.extra["why"]["reason"] == "held"
+            # Cancelling frees the slot at once, in Valkey too.
+            await service.cancel(holder, booked["id"], None, "x")
+            again = await service.create_hold(
+                rival, tenant.service_id, START, pins, None, None, "a"
+            )
+            assert {r["resource_id"] for r in again["resources"]} == set(pins)
+
+    asyncio.run(scenario())
