@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal, get_args
@@ -252,7 +252,11 @@ class BookingService:
                 request_id,
                 {"from": iso(window.start), "to": iso(window.end)},
             )
-        holds_seen = await self._add_live_holds(caller.tenant, calendars, window, service)
+        span = Interval(
+            window.start - service.buffer_before,
+            window.end + service.duration + service.buffer_after,
+        )
+        holds_seen = await self.add_live_holds(caller.tenant, calendars, span)
         slots = availability(service, calendars, window, now, record.rules)
         display = zone or record.rules.zone
         return {
@@ -282,8 +286,7 @@ class BookingService:
         record, service, calendars = await self._one_start(
             caller, service_id, start, pins, "availability.explain", request_id
         )
-        window = record.service.footprint(start)
-        await self._add_live_holds(caller.tenant, calendars, window, service)
+        await self.add_live_holds(caller.tenant, calendars, record.service.footprint(start))
         return describe(explain(service, calendars, start, now, record.rules))
 
     # --- holds ---------------------------------------------------------------------------------
@@ -403,7 +406,7 @@ class BookingService:
             if considered_holds:
                 raise held_by_another(clash)
             considered_holds = True
-            if not await self._add_live_holds(tenant_id, calendars, footprint, service):
+            if not await self.add_live_holds(tenant_id, calendars, footprint):
                 return verdict, True
 
     async def _hold_first(
@@ -653,7 +656,7 @@ class BookingService:
                     if replay is not None:
                         return replay
                     record = catalog.service(service_id)
-                    chosen = await self.plan(conn, catalog, record, start, pins, now)
+                    chosen = await self.plan(conn, caller.tenant, catalog, record, start, pins, now)
                     calendars = await self.locked_calendars(
                         conn, catalog, record, start, chosen, exclude=()
                     )
@@ -704,17 +707,24 @@ class BookingService:
     async def plan(
         self,
         conn: Conn,
+        tenant_id: str,
         catalog: repo.Catalog,
         record: repo.ServiceRecord,
         start: datetime,
         pins: Sequence[str],
         now: datetime,
         exclude: Sequence[str] = (),
+        own_holds: Collection[str] = (),
     ) -> Assignment:
-        """Pick resources for a direct booking from a snapshot (re-checked under the lock)."""
+        """Pick resources for a booking without a hold of its own (a direct booking, a
+        reschedule, a queue assignment) from a snapshot, re-checked under the lock. Other
+        callers' live holds count as busy: such a booking does not take a slot someone is in
+        the middle of booking (holds in ``own_holds`` are this booking's own)."""
+        footprint = record.service.footprint(start)
         service, calendars = await self.calendars_for(
-            conn, catalog, record.service, record.service.footprint(start), pins, exclude
+            conn, catalog, record.service, footprint, pins, exclude
         )
+        await self.add_live_holds(tenant_id, calendars, footprint, ignore=own_holds)
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
             raise refuse(verdict)
@@ -909,15 +919,33 @@ class BookingService:
                 )
             # Without pins, prefer the booking's own resources, then anyone qualified.
             current = [r["resource_id"] for r in old["resources"]]
+            # Its own hold may still linger on the old slot (see `_linger`).
+            own = [old["hold_nonce"]] if old["hold_nonce"] else []
             try:
                 assignment = await self.plan(
-                    conn, catalog, record, start, pins or current, now, exclude=[booking_id]
+                    conn,
+                    caller.tenant,
+                    catalog,
+                    record,
+                    start,
+                    pins or current,
+                    now,
+                    exclude=[booking_id],
+                    own_holds=own,
                 )
             except ServiceError:
                 if pins:
                     raise
                 assignment = await self.plan(
-                    conn, catalog, record, start, (), now, exclude=[booking_id]
+                    conn,
+                    caller.tenant,
+                    catalog,
+                    record,
+                    start,
+                    (),
+                    now,
+                    exclude=[booking_id],
+                    own_holds=own,
                 )
             # Lock the old resources first too: one global order is kept because both lock
             # kinds are taken sorted, and re-locking what this transaction holds is a no-op.
@@ -1172,22 +1200,24 @@ class BookingService:
             }
         return service, await repo.load_calendars(conn, catalog, resources, window, exclude)
 
-    async def _add_live_holds(
+    async def add_live_holds(
         self,
         tenant_id: str,
         calendars: Mapping[str, ResourceCalendar],
-        window: Interval,
-        service: Service,
+        span: Interval,
+        ignore: Collection[str] = (),
     ) -> bool:
-        """Add other callers' live holds as busy time; False when the hold store is down."""
-        lo = seconds(window.start - service.buffer_before) * 1000
-        hi = seconds(window.end + service.duration + service.buffer_after) * 1000
+        """Add the live holds overlapping ``span`` (but those named in ``ignore``) as busy
+        time; False when the hold store is down."""
+        lo, hi = seconds(span.start) * 1000, seconds(span.end) * 1000
         try:
             live = await self.holds.live_claims(tenant_id, list(calendars), lo, hi)
         except HoldStoreDown:
             return False
         for rid, claims in live.items():
             for start_ms, end_ms, nonce in claims:
+                if nonce in ignore:
+                    continue
                 span = Interval(
                     datetime.fromtimestamp(start_ms / 1000, UTC),
                     datetime.fromtimestamp(end_ms / 1000, UTC),

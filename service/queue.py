@@ -225,7 +225,16 @@ class QueueService:
                 )
             catalog = await self.booking.catalogs.get(conn, caller.tenant)
             record = catalog.service(entry["service_id"])
-            assignment = await self.booking.plan(conn, catalog, record, start, pins, now)
+            assignment = await self.booking.plan(
+                conn,
+                caller.tenant,
+                catalog,
+                record,
+                start,
+                pins,
+                now,
+                own_holds=[_offer_nonce(entry_id)],
+            )
             booking = await self.booking.book_locked(
                 conn, caller, catalog, record, start, assignment, now, entry["customer"], exclude=()
             )
@@ -301,6 +310,10 @@ class QueueService:
                 None,
                 request_id,
                 {"entries": len(queue)},
+            )
+        if calendars:  # customers in the middle of booking keep their slots
+            await self.booking.add_live_holds(
+                caller.tenant, calendars, span, ignore={_offer_nonce(e["id"]) for e in entries}
             )
         # Services whose effective rules differ are solved one group after another; each
         # group's placements are busy time for the next.

@@ -390,6 +390,36 @@ def test_manual_assign_into_a_taken_slot_is_a_409_naming_the_conflict(
     assert overlaps(infra.admin_url) == []
 
 
+def test_queue_assignments_leave_a_customers_live_hold_alone(api: Api, infra: Infra) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers())
+        customer = second_key(client, tenant)
+        entry = enqueue(client, tenant, at(MONDAY, 9), at(MONDAY, 9), customer="Ada")
+        hold = client.post(
+            "/v1/holds",
+            json={"service_id": tenant.service_id, "start": at(MONDAY, 9)},
+            headers=customer,
+        )
+        assert hold.status_code == 201, hold.text
+
+        by_hand = client.post(
+            f"/v1/queue/{entry['id']}/assign", json={"start": at(MONDAY, 9)}, headers=tenant.headers
+        )
+        assert assert_problem(by_hand, 409, "slot-conflict")["why"]["reason"] == "conflict"
+        auto = client.post("/v1/queue/auto-assign", json={}, headers=tenant.headers)
+        assert auto.status_code == 200, auto.text
+        assert auto.json()["assigned"] == []
+        assert [u["entry_id"] for u in auto.json()["unassigned"]] == [entry["id"]]
+
+        released = client.delete(f"/v1/holds/{hold.json()['id']}", headers=customer)
+        assert released.status_code == 204
+        r = client.post(
+            f"/v1/queue/{entry['id']}/assign", json={"start": at(MONDAY, 9)}, headers=tenant.headers
+        )
+        assert r.status_code == 201, r.text
+    assert active_bookings(infra.admin_url, tenant.id) == {r.json()["booking_id"]}
+
+
 def test_racing_assignments_of_one_entry_book_it_once(api: Api, infra: Infra) -> None:
     """Six front desks assign the same entry at six different (free) starts at once: the
     entry row is locked, so one wins and the others find it no longer waiting."""
