@@ -204,6 +204,8 @@ _CONTENTION_COLUMNS = (
     "deadlocks",
     "constraint_violations",
     "transactions_per_success",
+    "lock_wait_s",
+    "db_collisions",
     "p50_ms",
     "p99_ms",
     "reduction_vs_pessimistic",

@@ -113,9 +113,11 @@ TABLES: Final[dict[str, dict[str, pl.DataType]]] = {
         "deadlocks": pl.Int64(),
         "constraint_violations": pl.Int64(),
         "transactions_per_success": pl.Float64(),
+        "lock_wait_s": pl.Float64(),  # backend-seconds waiting for a lock (sampled)
+        "db_collisions": pl.Int64(),  # lock_waits + db_rollbacks: the study's measure
         "p50_ms": pl.Float64(),
         "p99_ms": pl.Float64(),
-        "reduction_vs_pessimistic": pl.Float64(),
+        "reduction_vs_pessimistic": pl.Float64(),  # 1 - db_collisions / pessimistic's
     },
     # DST sweep: one row per zone, one per transition, one per anomaly found.
     "dst_zones": {

@@ -573,13 +573,15 @@ def _contention(run_id: str, attempts: pl.DataFrame) -> pl.DataFrame:
         .with_columns(
             pl.lit(0, pl.Int64).alias("deadlocks"),
             (pl.col("db_transactions") / pl.col("confirmed")).alias("transactions_per_success"),
+            (pl.col("lock_waits") + pl.col("db_rollbacks")).alias("db_collisions"),
+            (pl.col("lock_waits") * 0.005).alias("lock_wait_s"),  # one sampling period each
         )
         .sort("strategy")
     )
-    pessimistic = per.filter(pl.col("strategy") == "pessimistic")["transactions_per_success"]
+    pessimistic = per.filter(pl.col("strategy") == "pessimistic")["db_collisions"]
     base = pessimistic[0] if pessimistic.len() else None
     per = per.with_columns(
-        (1 - pl.col("transactions_per_success") / base).alias("reduction_vs_pessimistic")
+        (1 - pl.col("db_collisions") / base).alias("reduction_vs_pessimistic")
         if base
         else pl.lit(None, pl.Float64).alias("reduction_vs_pessimistic"),
         pl.lit(run_id).alias("run_id"),

@@ -66,11 +66,11 @@ def render(ctx: Context) -> None:
     holds = study.filter(study["strategy"] == "holds")
     if holds.height and holds["reduction_vs_pessimistic"][0] is not None:
         st.metric(
-            "Holds: fewer database transactions per success than pessimistic locking",
+            "Holds: fewer database collisions (lock waits + rollbacks) than pessimistic locking",
             percent(holds["reduction_vs_pessimistic"][0]),
         )
     figures = study.unpivot(
-        ["transactions_per_success", "db_rollbacks", "lock_waits", "constraint_violations"],
+        ["db_collisions", "lock_waits", "db_rollbacks", "transactions_per_success"],
         index=["run_id", "strategy"],
         variable_name="figure",
     )
