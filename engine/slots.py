@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -162,11 +162,16 @@ def footprint_shape(service: Service) -> tuple[int, int, int]:
 
 
 def resource_mask(
-    cal: ResourceCalendar, starts: tuple[int, ...], shape: tuple[int, int, int], span: Span
+    cal: ResourceCalendar,
+    starts: Sequence[int],
+    grid_key: Hashable,
+    shape: tuple[int, int, int],
+    span: Span,
 ) -> int:
     """Grid positions at which ``cal`` can take the whole buffered footprint (memoised on the
-    calendar until its busy time changes: a day is asked about again and again)."""
-    key = (starts, span, *shape)
+    calendar until its busy time changes: a day is asked about again and again). ``grid_key``
+    names ``starts`` exactly and cheaply (what `grid` made it from), as the memo's key."""
+    key = (grid_key, span, *shape)
     mask = cal.masks.get(key)
     if mask is not None:
         return mask
@@ -256,9 +261,10 @@ def available_starts(
     domains = candidates(service, calendars)
     shape = footprint_shape(service)
     span = (starts[0] - shape[0], starts[-1] + shape[1])
-    key = tuple(starts)
+    # The grid is a function of these: a key far cheaper to hash than every start.
+    grid_key = (seconds(window.start), seconds(window.end), service.step, rules.zone)
     masks = {
-        cal.resource.id: resource_mask(cal, key, shape, span)
+        cal.resource.id: resource_mask(cal, starts, grid_key, shape, span)
         for domain in domains
         for cal in domain
     }
