@@ -7,6 +7,7 @@ its subsystem lazily so `slotwise --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -48,16 +49,23 @@ def burst_command(
         workers=workers,
         backlog=backlog,
     )
-    emit(
-        run(
-            params,
-            url=url,
-            admin_key=admin_key,
-            database_url=database_url if url else None,
-            redis_url=None,
-            data_dir=Path(data) if data else None,
-        ),
-        json_output,
+    summary = run(
+        params,
+        url=url,
+        admin_key=admin_key,
+        database_url=database_url if url else None,
+        redis_url=None,
+        data_dir=Path(data) if data else None,
+    )
+    emit(summary, json_output)
+    if broken(summary):
+        raise typer.Exit(1)
+
+
+def broken(summary: dict[str, Any]) -> bool:
+    """Whether the verifier found an invariant broken (the figures are printed either way)."""
+    return any(
+        summary.get(key, 0) for key in ("double_bookings", "lost_acks", "hot_slot_violations")
     )
 
 
@@ -84,8 +92,11 @@ def contention_command(
         processes=processes,
         workers=workers,
     )
-    for line in run(params, data_dir=Path(data) if data else None):
+    lines = run(params, data_dir=Path(data) if data else None)
+    for line in lines:
         emit(line, json_output)
+    if any(broken(line) for line in lines):
+        raise typer.Exit(1)
 
 
 @loadtest_app.command("sustained")
@@ -119,3 +130,5 @@ def sustained_command(
         data_dir=Path(data) if data else None,
     )
     emit(result, json_output)
+    if broken(result):
+        raise typer.Exit(1)

@@ -8,15 +8,19 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import httpx
+import psycopg
 
 from loadtests import verifier
 from loadtests.run_contention import ContentionParams
 from loadtests.run_contention import run as contention
 from loadtests.runner import Target, set_up
+from service.migrate import migrate
 from tests.integration.conftest import Api, Infra
 
 SLOTWISE = str(Path(sys.executable).parent / "slotwise")
@@ -90,6 +94,71 @@ def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> Non
     assert honest == verifier.Checks(0, 0, 0, 0)
     assert planted.lost_acks == 1
     assert planted.unacknowledged == 1  # booked[1]: in the database, never acknowledged
+
+
+def test_the_verifier_sees_a_double_booking_and_a_doubled_hot_slot(scratch_db: str) -> None:
+    """The overlap and hot-slot checks catch what they exist for. The exclusion constraint
+    makes both impossible, so the planted database has it dropped first."""
+    migrate(scratch_db)
+    tenant, staff, other, service = (str(uuid.uuid4()) for _ in range(4))
+    start = datetime(2027, 5, 3, 9, tzinfo=UTC)
+
+    def book(conn: psycopg.Connection[Any], resource: str, at: datetime, minutes: int) -> str:
+        booking = str(uuid.uuid4())
+        conn.execute(
+            "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at)"
+            " VALUES (%s, %s, %s, 'confirmed', %s, %s)",
+            (booking, tenant, service, at, at + timedelta(minutes=minutes)),
+        )
+        conn.execute(
+            "INSERT INTO booking_resources (tenant_id, booking_id, resource_id,"
+            " requirement_index, service_id, during, local_day, minutes)"
+            " VALUES (%s, %s, %s, 0, %s, tstzrange(%s, %s), %s, %s)",
+            (
+                tenant,
+                booking,
+                resource,
+                service,
+                at,
+                at + timedelta(minutes=minutes),
+                at.date(),
+                minutes,
+            ),
+        )
+        return booking
+
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute(
+            "INSERT INTO tenants (id, name, zone) VALUES (%s, 'Planted', 'UTC')", (tenant,)
+        )
+        for resource in (staff, other):
+            conn.execute(
+                "INSERT INTO resources (id, tenant_id, kind, name, zone)"
+                " VALUES (%s, %s, 'staff', 'Staff', 'UTC')",
+                (resource, tenant),
+            )
+        conn.execute(
+            "INSERT INTO services (id, tenant_id, name, duration_minutes, requirements)"
+            " VALUES (%s, %s, 'Cut', 30, '[{\"kind\": \"staff\"}]')",
+            (service, tenant),
+        )
+        clean = [book(conn, staff, start, 30), book(conn, other, start, 30)]
+        conn.commit()
+        honest = verifier.check_database(
+            scratch_db, tenant, clean, hot=[(staff, start.isoformat())]
+        )
+        conn.execute("ALTER TABLE booking_resources DROP CONSTRAINT no_double_booking")
+        overlapping = book(conn, staff, start + timedelta(minutes=15), 30)  # not the hot start
+        doubled = book(conn, other, start, 30)  # the hot slot, a second time
+        conn.commit()
+    acked = [*clean, overlapping, doubled]
+    hot = [(staff, start.isoformat()), (other, start.isoformat())]
+    planted = verifier.check_database(scratch_db, tenant, acked, hot=hot)
+
+    assert honest == verifier.Checks(0, 0, 0, 0)
+    assert planted.double_bookings == 2  # staff: first and overlapping; other: first and doubled
+    assert planted.hot_slot_violations == 1  # other's hot start, booked twice
+    assert (planted.lost_acks, planted.unacknowledged) == (0, 0)
 
 
 def test_attempts_without_an_answer_are_counted() -> None:
