@@ -426,7 +426,7 @@ class BookingService:
         share of a batched audit insert — not a transaction each. Returns the service the
         claims were computed from and the claims, or None where the full path must decide
         alone (pins that leave a choice, Valkey down, a catalog changed meanwhile)."""
-        if not pins:
+        if not pins or self.strategy != "holds":  # the study's other strategies: no layer 1
             return None
         catalog = await self._catalog_for_holds(caller.tenant)
         record = catalog.services.get(service_id)
@@ -541,7 +541,7 @@ class BookingService:
         if hold.degraded:
             return
         try:
-            await self.holds.extend(
+            await self.holds.keep(
                 hold.tenant_id, hold.nonce, _claims(hold, footprint), self.limits.booked_hold_linger
             )
         except HoldStoreDown:
@@ -826,8 +826,10 @@ class BookingService:
         here: the insert's results are read before this returns."""
         try:
             return await repo.insert_bookings(conn, tenant_id, bookings)
-        except psycopg.errors.ExclusionViolation as exc:
+        except (psycopg.errors.ExclusionViolation, psycopg.errors.DeadlockDetected) as exc:
             # Layer 3 caught what layers 1 and 2 should have: still a conflict, never a 500.
+            # (Two unlocked inserts of overlapping time can also deadlock on each other's
+            # constraint check; only the study's "constraint" strategy inserts unlocked.)
             raise SlotConflict(
                 "the slot was taken concurrently", why={"reason": "conflict", "layer": "constraint"}
             ) from exc

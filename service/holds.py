@@ -27,6 +27,8 @@ from redis.asyncio import Redis
 
 from service.errors import Forbidden, HoldExpired, InvalidInput
 
+# The suffix of a resource-set member whose hold was confirmed and is kept (see _KEEP).
+_BOOKED = b":b"
 # No footprint (service + buffers) is longer than this; the scan window for overlap relies on it.
 MAX_FOOTPRINT = timedelta(days=3)
 
@@ -78,6 +80,10 @@ class HoldStore(Protocol):
 
     async def release(self, tenant_id: str, nonce: str, claims: Sequence[Claim]) -> bool: ...
 
+    async def keep(
+        self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
+    ) -> bool: ...
+
     async def live_claims(
         self, tenant_id: str, resource_ids: Sequence[str], start_ms: int, end_ms: int
     ) -> dict[str, list[tuple[int, int, str]]]: ...
@@ -92,7 +98,7 @@ local ttl, back, prefix, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], 
 for i = 2, #KEYS do
   local lo, hi = tonumber(ARGV[3 + 2 * (i - 1)]), tonumber(ARGV[4 + 2 * (i - 1)])
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], lo - back, '(' .. hi)) do
-    local other, mlo, mhi = string.match(m, '^([^:]+):(%d+):(%d+)$')
+    local other, mlo, mhi = string.match(m, '^([^:]+):(%d+):(%d+)')
     if tonumber(mhi) > lo and other ~= nonce then
       if redis.call('EXISTS', prefix .. other) == 1 then
         return {i - 1, tonumber(mlo), tonumber(mhi)}
@@ -127,11 +133,29 @@ end
 return 1
 """
 
-# KEYS: hold key, resource sets. ARGV: members to remove, one per resource set.
+# KEYS: hold key, resource sets. ARGV: members to remove, one per resource set (as held, or
+# as kept after its booking: see _KEEP).
 _RELEASE = """
+local BOOKED = ':b'
 local existed = redis.call('DEL', KEYS[1])
-for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[i - 1]) end
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[i - 1], ARGV[i - 1] .. BOOKED) end
 return existed
+"""
+
+# KEYS: hold key, resource sets. ARGV: ttl_ms, then the members, one per resource set. A hold
+# kept after its booking still refuses overlapping holds (the acquire script reads every
+# member), but its members are marked, so `live_claims` (availability) can skip them unread:
+# that time is booked, and PostgreSQL already says so.
+_KEEP = """
+local BOOKED = ':b'
+if redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) == 0 then return 0 end
+for i = 2, #KEYS do
+  local m = ARGV[i]
+  if redis.call('ZREM', KEYS[i], m) == 1 then
+    redis.call('ZADD', KEYS[i], string.match(m, ':(%d+):'), m .. BOOKED)
+  end
+end
+return 1
 """
 
 
@@ -144,6 +168,7 @@ class RedisHoldStore:
         self._probe = client.register_script(_PROBE)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
+        self._keep = client.register_script(_KEEP)
 
     @staticmethod
     def _prefix(tenant_id: str) -> str:
@@ -190,6 +215,14 @@ class RedisHoldStore:
         members = [f"{nonce}:{c.start_ms}:{c.end_ms}" for c in claims]
         return bool(await self._call(self._release, self._keys(tenant_id, nonce, claims), members))
 
+    async def keep(
+        self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
+    ) -> bool:
+        """Keep a confirmed hold for ``ttl`` more, as time that is booked (see `_KEEP`)."""
+        members = [f"{nonce}:{c.start_ms}:{c.end_ms}" for c in claims]
+        keys = self._keys(tenant_id, nonce, claims)
+        return bool(await self._call(self._keep, keys, [_ms(ttl), *members]))
+
     async def live_claims(
         self, tenant_id: str, resource_ids: Sequence[str], start_ms: int, end_ms: int
     ) -> dict[str, list[tuple[int, int, str]]]:
@@ -202,8 +235,8 @@ class RedisHoldStore:
                         prefix + "res:" + rid, start_ms - _ms(MAX_FOOTPRINT), f"({end_ms}"
                     )
                 members: list[list[bytes]] = await pipe.execute()
-            parsed = {
-                rid: [_parse_member(m) for m in found]
+            parsed = {  # kept holds of confirmed bookings are booked time, not holds
+                rid: [_parse_member(m) for m in found if not m.endswith(_BOOKED)]
                 for rid, found in zip(resource_ids, members, strict=True)
             }
             nonces = sorted({n for claims in parsed.values() for _, _, n in claims})

@@ -196,12 +196,19 @@ class EventStore:
             con.begin()
             for table, path in files.items():
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-                con.execute(f"INSERT INTO {table} SELECT * FROM read_parquet(?)", [str(path)])
+                con.execute(
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [str(path)]
+                )
             con.commit()
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every table of `TABLES` that is missing (the readers' schema, even when empty)."""
+    """Create every table of `TABLES` that is missing (the readers' schema, even when empty),
+    and add the columns a file written by an older schema lacks (its rows read NULL there)."""
     for table, schema in TABLES.items():
         empty = pl.DataFrame(schema=schema)  # noqa: F841 - read by DuckDB's replacement scan
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM empty LIMIT 0")
+        present = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        for name, sql_type, *_ in con.execute("DESCRIBE SELECT * FROM empty").fetchall():
+            if name not in present:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {sql_type}')

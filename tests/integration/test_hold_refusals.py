@@ -180,10 +180,13 @@ def test_a_confirmed_hold_lingers_until_its_booking_is_cancelled(
                 request_id="c",
             )
             assert status == 201
-            # The rush after the booking is refused in Valkey, by the hold that stayed.
+            # The rush after the booking is refused in Valkey, by the hold that stayed ...
             with pytest.raises(SlotConflict) as late:
                 await service.create_hold(rival, tenant.service_id, START, pins, None, None, "l")
             assert late.value.extra["why"]["reason"] == "held"
+            # ... which availability does not read as a hold: that time is booked now.
+            window = (int(START.timestamp() * 1000), int(START.timestamp() * 1000) + 3_600_000)
+            assert await service.holds.live_claims(tenant.id, pins, *window) == {}
             # Cancelling frees the slot at once, in Valkey too.
             await service.cancel(holder, booked["id"], None, "x")
             again = await service.create_hold(

@@ -342,3 +342,23 @@ def test_generator_is_reproducible_and_consistent(tmp_path: Path) -> None:
         (pl.col("start") >= pl.col("start_right")) & (pl.col("end") <= pl.col("end_right"))
     )
     assert inside.height == bookings.height
+
+
+def test_a_file_of_an_older_schema_takes_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A workbench file written before `contention` had `db_collisions` and `lock_wait_s`."""
+    store = EventStore(tmp_path)
+    with duckdb.connect(str(store.database)) as con:
+        con.execute(
+            "CREATE TABLE contention (run_id VARCHAR, strategy VARCHAR, attempts BIGINT,"
+            " reduction_vs_pessimistic DOUBLE)"
+        )
+        con.execute("INSERT INTO contention VALUES ('old', 'holds', 10, 0.5)")
+    new = pl.DataFrame(
+        {"run_id": ["new"], "strategy": ["holds"], "attempts": [20], "db_collisions": [3]}
+    )
+    store.write("new", {"contention": new})
+    with duckdb.connect(str(store.database), read_only=True) as con:
+        rows = con.execute(
+            "SELECT run_id, attempts, db_collisions FROM contention ORDER BY run_id"
+        ).fetchall()
+    assert rows == [("new", 20, 3), ("old", 10, None)]
