@@ -110,6 +110,12 @@ def test_the_holds_funnel_is_consistent(runs: dict) -> None:
     assert confirmed["booking_id"].null_count() == 0
     outcomes = set(attempts["outcome"])
     assert {"ok", "no_slot", "conflict"} <= outcomes
+    # Every behaviour the demand model draws shows up in the log, as its own action.
+    actions = set(attempts["action"])
+    assert {"availability", "hold", "confirm", "abandon", "cancel", "reschedule"} <= actions
+    assert "no_show" in actions
+    expired = attempts.filter((pl.col("action") == "confirm") & (pl.col("outcome") == "expired"))
+    assert expired.height > 0  # customers too slow for their hold
     conflicts = attempts.filter(pl.col("outcome") == "conflict")
     assert conflicts["conflict_layer"].null_count() == 0
 
