@@ -18,6 +18,7 @@ from typing import Any
 
 from service.auth import Caller
 from service.db import Database
+from service.errors import Unavailable
 from service.repository import CATALOG_VERSION_SQL
 
 _INSERT = (
@@ -68,15 +69,21 @@ class BatchedAudit:
     async def _write(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, defaultdict(list)
-            for tenant_id, items in batch.items():
-                try:
-                    version = await self._insert(tenant_id, [event for event, _ in items])
-                except Exception as exc:  # every waiter of the batch learns why, none hangs
+            try:
+                for tenant_id, items in batch.items():
+                    try:
+                        version = await self._insert(tenant_id, [event for event, _ in items])
+                    except Exception as exc:  # every waiter of the batch learns why
+                        for _, done in items:
+                            done.set_exception(exc)
+                    else:
+                        for _, done in items:
+                            done.set_result(version)
+            finally:  # cancelled (shutdown) mid-batch: no waiter is left hanging
+                for items in batch.values():
                     for _, done in items:
-                        done.set_exception(exc)
-                else:
-                    for _, done in items:
-                        done.set_result(version)
+                        if not done.done():
+                            done.set_exception(Unavailable("the audit trail could not be written"))
 
     async def _insert(self, tenant_id: str, events: list[_Event]) -> int:
         async with self.db.transaction(tenant_id) as conn:

@@ -319,9 +319,13 @@ class BookingService:
                 caller.tenant, nonce, service, calendars, start, now, record.rules, ttl
             )
         except BaseException:
-            if taken is not None:
+            # An Idempotency-Key's nonce may name the hold of an earlier, successful attempt
+            # of this request: leave it to expire rather than release someone's live hold.
+            if taken is not None and idem is None:
                 await self._release_claims(caller.tenant, nonce, taken[1])
             raise
+        if taken is not None and degraded:  # Valkey failed in between: the hold is not ours
+            await self._release_claims(caller.tenant, nonce, taken[1])
         hold = Hold(
             caller.tenant,
             caller.key_id,
@@ -717,9 +721,11 @@ class BookingService:
         own_holds: Collection[str] = (),
     ) -> Assignment:
         """Pick resources for a booking without a hold of its own (a direct booking, a
-        reschedule, a queue assignment) from a snapshot, re-checked under the lock. Other
-        callers' live holds count as busy: such a booking does not take a slot someone is in
-        the middle of booking (holds in ``own_holds`` are this booking's own)."""
+        reschedule, a queue assignment) from a snapshot, re-checked under the lock. Live holds
+        count as busy, the caller's own too (a held slot is booked by confirming its hold):
+        such a booking does not take a slot someone is in the middle of booking. Holds named
+        in ``own_holds`` belong to the booking itself (a rescheduled booking's kept hold, a
+        queue entry's offer)."""
         footprint = record.service.footprint(start)
         service, calendars = await self.calendars_for(
             conn, catalog, record.service, footprint, pins, exclude

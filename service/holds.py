@@ -154,6 +154,9 @@ for i = 2, #KEYS do
   if redis.call('ZREM', KEYS[i], m) == 1 then
     redis.call('ZADD', KEYS[i], string.match(m, ':(%d+):'), m .. BOOKED)
   end
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]))
+  end
 end
 return 1
 """
@@ -243,7 +246,7 @@ class RedisHoldStore:
             if not nonces:
                 return {}
             alive = await self._redis.mget([prefix + "hold:" + n for n in nonces])
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except (redis_errors.RedisError, OSError) as exc:  # any failure: degrade, never 500
             raise HoldStoreDown(str(exc)) from exc
         live = {n for n, value in zip(nonces, alive, strict=True) if value is not None}
         return {
@@ -255,7 +258,7 @@ class RedisHoldStore:
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await script(keys=keys, args=args)
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except (redis_errors.RedisError, OSError) as exc:  # any failure: degrade, never 500
             raise HoldStoreDown(str(exc)) from exc
 
 

@@ -311,10 +311,8 @@ class QueueService:
                 request_id,
                 {"entries": len(queue)},
             )
-        if calendars:  # customers in the middle of booking keep their slots
-            await self.booking.add_live_holds(
-                caller.tenant, calendars, span, ignore={_offer_nonce(e["id"]) for e in entries}
-            )
+        if calendars:  # customers in the middle of booking, and offers made, keep their slots
+            await self.booking.add_live_holds(caller.tenant, calendars, span)
         # Services whose effective rules differ are solved one group after another; each
         # group's placements are busy time for the next.
         groups: dict[Rules, list[QueuedAppointment]] = defaultdict(list)
@@ -341,6 +339,7 @@ class QueueService:
             except ServiceError as exc:  # the world moved since the plan: stays waiting
                 reasons[a.appointment_id] = {"reason": "conflict_at_booking", "detail": exc.detail}
                 continue
+            await self._release_offer(caller.tenant, a.appointment_id)
             booked.append(
                 {"entry_id": a.appointment_id, "booking_id": booking_id, "start": iso(a.start)}
             )

@@ -7,6 +7,7 @@ thing as a child process for tests and benchmarks, waits until it answers, and a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import secrets
@@ -26,6 +27,7 @@ from service.infra import Endpoints, free_port
 
 # A worker that dies sooner than this after starting failed to start: restarting won't help.
 WORKER_START_GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,8 @@ def _worker(config: Any) -> None:
     """One worker process: its own SO_REUSEPORT socket on the shared port."""
     import uvicorn
 
+    # Die with the supervisor, however it ends: an orphan would keep taking connections.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     config.configure_logging()
     sock = _listening_socket(config.host, config.port, config.backlog)
     uvicorn.Server(config).run(sockets=[sock])
@@ -120,7 +124,10 @@ def _supervise(config: Any, workers: int) -> int:
     socket, so the kernel spreads connections over them evenly.
     Returns the exit status: 0 after a signal, 3 when a worker fails during start-up.
     """
-    _listening_socket(config.host, config.port, config.backlog).close()  # port free? fail now
+    # Is the port free? Probed without SO_REUSEPORT, which would join a server already there.
+    with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((config.host, config.port))
     spawn = multiprocessing.get_context("spawn")
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
