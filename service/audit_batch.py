@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 from service.auth import Caller
@@ -21,27 +20,21 @@ from service.db import Database
 from service.errors import Unavailable
 from service.repository import CATALOG_VERSION_SQL
 
+# The batch travels as one JSON document: one json.dumps, far cheaper than array parameters.
 _INSERT = (
     "INSERT INTO audit_events (tenant_id, actor, action, entity, entity_id, request_id, detail)"
-    " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::jsonb[])"
+    " SELECT %s, e.actor, e.action, e.entity, e.entity_id, e.request_id, e.detail"
+    " FROM jsonb_to_recordset(%s) AS e(actor text, action text, entity text, entity_id text,"
+    " request_id text, detail jsonb)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    actor: str
-    action: str
-    entity: str
-    entity_id: str | None
-    request_id: str | None
-    detail: str  # JSON
 
 
 class BatchedAudit:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._waiting: dict[str, list[tuple[_Event, asyncio.Future[int]]]] = defaultdict(list)
+        self._waiting: dict[str, list[tuple[dict[str, Any], asyncio.Future[int]]]] = defaultdict(
+            list
+        )
         self._writer: asyncio.Task[None] | None = None
 
     async def append(
@@ -56,9 +49,14 @@ class BatchedAudit:
         """Store one event; returns once it is committed, with the tenant's catalog version
         read in the same transaction (so the caller can tell whether the catalog it decided
         with was current). Raises `Unavailable` if PostgreSQL is."""
-        event = _Event(
-            caller.key_id, action, entity, entity_id, request_id, json.dumps(detail, default=str)
-        )
+        event = {
+            "actor": caller.key_id,
+            "action": action,
+            "entity": entity,
+            "entity_id": entity_id,
+            "request_id": request_id,
+            "detail": detail,
+        }
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[caller.tenant].append((event, done))
         if self._writer is None or self._writer.done():
@@ -85,20 +83,9 @@ class BatchedAudit:
                         if not done.done():
                             done.set_exception(Unavailable("the audit trail could not be written"))
 
-    async def _insert(self, tenant_id: str, events: list[_Event]) -> int:
+    async def _insert(self, tenant_id: str, events: list[dict[str, Any]]) -> int:
         async with self.db.transaction(tenant_id) as conn:
             version = await conn.execute(CATALOG_VERSION_SQL, (tenant_id,))
-            await conn.execute(
-                _INSERT,
-                (
-                    tenant_id,
-                    [e.actor for e in events],
-                    [e.action for e in events],
-                    [e.entity for e in events],
-                    [e.entity_id for e in events],
-                    [e.request_id for e in events],
-                    [e.detail for e in events],
-                ),
-            )
+            await conn.execute(_INSERT, (tenant_id, json.dumps(events, default=str)))
             row = await version.fetchone()
         return int(row["catalog_version"]) if row else -1
