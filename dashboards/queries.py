@@ -393,6 +393,28 @@ def conflicts_by_layer(con: duckdb.DuckDBPyConnection, f: Filters = Filters()) -
     )
 
 
+def verified_double_bookings(
+    con: duckdb.DuckDBPyConnection, f: Filters = Filters()
+) -> pl.DataFrame:
+    """Double bookings the load-test verifier counted in PostgreSQL, per load-test run (those
+    runs write no `bookings` rows here: their verdict is in the run's summary; a contention
+    study's summary holds one line per strategy)."""
+    where, params = _run_dates(f)
+    return _frame(
+        con,
+        f"""
+        SELECT run_id, kind, coalesce(
+                   CAST(json_extract(summary, '$.double_bookings') AS BIGINT),
+                   list_sum(CAST(json_extract(summary, '$.lines[*].double_bookings')
+                                 AS BIGINT[]))) AS double_bookings
+        FROM runs
+        WHERE kind IN ('burst', 'sustained', 'contention') AND {where}
+        ORDER BY run_id
+        """,
+        params,
+    )
+
+
 def double_bookings(con: duckdb.DuckDBPyConnection, f: Filters = Filters()) -> pl.DataFrame:
     """Every pair of active bookings that overlap on one resource (must be empty).
 
@@ -710,6 +732,7 @@ QUERIES: dict[str, Query] = {
         conflict_summary,
         conflicts_by_layer,
         double_bookings,
+        verified_double_bookings,
         conflict_hotspots,
         hold_funnel,
         time_to_confirm,

@@ -11,7 +11,9 @@ from dashboards.ui import FILL_SIMULATION, Context, empty, number, percent
 def render(ctx: Context) -> None:
     st.title("Conflicts")
     doubles = ctx.query("double_bookings")
-    st.metric("Double bookings", number(doubles.height))
+    verified = ctx.query("verified_double_bookings")
+    found_by_verifier = int(verified["double_bookings"].fill_null(0).sum())
+    st.metric("Double bookings", number(doubles.height + found_by_verifier))
     if doubles.is_empty():
         st.success(
             "No two active bookings overlap on any resource (checked in SQL over all dates)."
@@ -19,6 +21,14 @@ def render(ctx: Context) -> None:
     else:
         st.error(f"{doubles.height} pairs of active bookings overlap on a resource.")
         st.dataframe(doubles, hide_index=True, width="stretch")
+    if not verified.is_empty():
+        if found_by_verifier:
+            st.error(f"The load-test verifier found {found_by_verifier} in PostgreSQL.")
+        else:
+            st.success(
+                f"Load tests: {verified.height} runs verified in PostgreSQL, none double-booked."
+            )
+        st.dataframe(verified, hide_index=True, width="stretch")
 
     summary = ctx.query("conflict_summary").row(0, named=True)
     if not summary["hold_attempts"] and not summary["confirmations"]:

@@ -19,7 +19,8 @@ def render(ctx: Context) -> None:
         )
         return
     head = ctx.query("overview").row(0, named=True)
-    doubles = ctx.query("double_bookings").height
+    verified = ctx.query("verified_double_bookings")["double_bookings"].fill_null(0).sum()
+    doubles = ctx.query("double_bookings").height + int(verified)
     cols = st.columns(5)
     cols[0].metric("Attempts", number(head["attempts"]))
     cols[1].metric("Confirmed bookings", number(head["confirmed"]))

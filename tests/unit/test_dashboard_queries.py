@@ -3,6 +3,7 @@ Parquet files the generator wrote, and tiny hand-built cases with known answers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -362,3 +363,32 @@ def test_a_file_of_an_older_schema_takes_new_columns_and_keeps_its_rows(tmp_path
             "SELECT run_id, attempts, db_collisions FROM contention ORDER BY run_id"
         ).fetchall()
     assert rows == [("new", 20, 3), ("old", 10, None)]
+
+
+def test_verified_double_bookings_read_the_load_test_summaries(tmp_path: Path) -> None:
+    """Load-test runs keep the verifier's PostgreSQL count in their summary; a contention
+    study has one line per strategy. Other runs are not load tests."""
+    summaries = {
+        "burst-1": ("burst", {"double_bookings": 0}),
+        "contention-1": ("contention", {"lines": [{"double_bookings": 0}, {"double_bookings": 2}]}),
+        "demo-1": ("demo", {"double_bookings": 5}),
+    }
+    runs = pl.DataFrame(
+        {
+            "run_id": list(summaries),
+            "kind": [kind for kind, _ in summaries.values()],
+            "seed": [1, 1, 1],
+            "started_at": [datetime(2027, 1, 4, tzinfo=UTC)] * 3,
+            "params": ["{}"] * 3,
+            "summary": [json.dumps(summary) for _, summary in summaries.values()],
+        }
+    )
+    store = EventStore(tmp_path)
+    for run_id in summaries:
+        store.write(run_id, {"runs": runs.filter(pl.col("run_id") == run_id)})
+    with q.connect(tmp_path) as con:
+        verified = q.verified_double_bookings(con, Filters())
+    assert verified.select("run_id", "double_bookings").rows() == [
+        ("burst-1", 0),
+        ("contention-1", 2),
+    ]
