@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal, get_args
@@ -399,8 +399,7 @@ class BookingService:
             if self.strategy != "holds":
                 return verdict, True  # layer 1 off by configuration: a non-exclusive hold
             footprint = service.footprint(start)
-            lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
-            claims = [Claim(rid, lo, hi) for _, rid in verdict.assignment]
+            claims = claims_over(footprint, (rid for _, rid in verdict.assignment))
             try:
                 clash = await self.holds.acquire(tenant_id, nonce, claims, ttl)
             except HoldStoreDown:
@@ -439,9 +438,7 @@ class BookingService:
         assignment = fixed_assignment(record.service, catalog, pins)
         if assignment is None:
             return None
-        footprint = record.service.footprint(start)
-        lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
-        claims = [Claim(rid, lo, hi) for _, rid in assignment]
+        claims = claims_over(record.service.footprint(start), (rid for _, rid in assignment))
         try:
             clash = await self.holds.acquire(caller.tenant, nonce, claims, ttl)
         except HoldStoreDown:
@@ -558,8 +555,7 @@ class BookingService:
         if booking["hold_nonce"] is None:
             return
         footprint = record.service.footprint(booking["starts_at"])
-        lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
-        claims = [Claim(r["resource_id"], lo, hi) for r in booking["resources"]]
+        claims = claims_over(footprint, (r["resource_id"] for r in booking["resources"]))
         await self._release_claims(tenant_id, booking["hold_nonce"], claims)
 
     async def _release(self, hold: Hold, footprint: Interval) -> None:
@@ -1283,9 +1279,14 @@ def _why_unfit(catalog: repo.Catalog, service: Service, rid: str) -> str:
     return "lacks skills: " + ", ".join(sorted(_missing_skills(resource, service)))
 
 
-def _claims(hold: Hold, footprint: Interval) -> list[Claim]:
+def claims_over(footprint: Interval, resource_ids: Iterable[str]) -> list[Claim]:
+    """What a hold over ``footprint`` claims in Valkey: each resource, in epoch milliseconds."""
     lo, hi = seconds(footprint.start) * 1000, seconds(footprint.end) * 1000
-    return [Claim(rid, lo, hi) for _, rid in hold.resources]
+    return [Claim(rid, lo, hi) for rid in resource_ids]
+
+
+def _claims(hold: Hold, footprint: Interval) -> list[Claim]:
+    return claims_over(footprint, (rid for _, rid in hold.resources))
 
 
 def _new_booking(

@@ -72,8 +72,6 @@ class HoldStore(Protocol):
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> HoldConflict | None: ...
 
-    async def probe(self, tenant_id: str, claims: Sequence[Claim]) -> HoldConflict | None: ...
-
     async def extend(
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> bool: ...
@@ -120,8 +118,6 @@ end
 return 0
 """
 )
-# The same arguments: the first clash, taking nothing.
-_PROBE = _FIND_CLASH + "return 0\n"
 
 # KEYS: hold key, resource sets. ARGV: ttl_ms. Only a live hold can be extended.
 _EXTEND = """
@@ -168,7 +164,6 @@ class RedisHoldStore:
     def __init__(self, client: Redis) -> None:
         self._redis = client
         self._acquire = client.register_script(_ACQUIRE)
-        self._probe = client.register_script(_PROBE)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._keep = client.register_script(_KEEP)
@@ -184,24 +179,10 @@ class RedisHoldStore:
     async def acquire(
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> HoldConflict | None:
-        return await self._clash(self._acquire, tenant_id, nonce, claims, ttl)
-
-    async def probe(self, tenant_id: str, claims: Sequence[Claim]) -> HoldConflict | None:
-        """The first live hold overlapping ``claims``, without taking anything."""
-        return await self._clash(self._probe, tenant_id, "", claims, timedelta(0))
-
-    async def _clash(
-        self,
-        script: Any,
-        tenant_id: str,
-        nonce: str,
-        claims: Sequence[Claim],
-        ttl: timedelta,
-    ) -> HoldConflict | None:
         args: list[Any] = [_ms(ttl), _ms(MAX_FOOTPRINT), self._prefix(tenant_id) + "hold:", nonce]
         for claim in claims:
             args += [claim.start_ms, claim.end_ms]
-        result = await self._call(script, self._keys(tenant_id, nonce, claims), args)
+        result = await self._call(self._acquire, self._keys(tenant_id, nonce, claims), args)
         if result == 0:
             return None
         index, lo, hi = result

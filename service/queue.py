@@ -29,10 +29,10 @@ from engine.model import Resource, Rules
 from engine.slots import NoQualifiedResource, Offered, explain, grid
 from service import repository as repo
 from service.auth import Caller
-from service.booking import BookingService, iso
+from service.booking import BookingService, claims_over, iso
 from service.db import Conn, Idempotency, audit, claim, remember
 from service.errors import InvalidInput, NotFound, RuleViolation, ServiceError
-from service.holds import Claim, HoldStoreDown
+from service.holds import HoldStoreDown
 
 ENTRY_COLUMNS = (
     "id::text, service_id::text, earliest, latest, priority, customer, status,"
@@ -469,15 +469,7 @@ class QueueService:
                 )
         if offers:
             best = offers[0]
-            fp: Interval = best["footprint"]
-            claims = [
-                Claim(
-                    r["resource_id"],
-                    int(fp.start.timestamp() * 1000),
-                    int(fp.end.timestamp() * 1000),
-                )
-                for r in best["resources"]
-            ]
+            claims = claims_over(best["footprint"], (r["resource_id"] for r in best["resources"]))
             with contextlib.suppress(HoldStoreDown):  # no hold store: offered, not held
                 nonce = _offer_nonce(best["entry_id"])
                 if (
