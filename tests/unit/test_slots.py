@@ -293,13 +293,14 @@ def test_memoised_masks_follow_every_add_and_remove(ops: list[tuple[bool, int, i
     week = Interval(utc(2024, 5, 6), utc(2024, 5, 9))
     live = calendars(*resources)
     entries: dict[int, list[Busy]] = {0: [], 1: [], 2: []}
-    for add, which, quarter, quarters in ops:
+    for n, (add, which, quarter, quarters) in enumerate(ops):
         rid = resources[which].id
         if add or not entries[which]:
             start = (
                 utc(2024, 5, 6, 13) + timedelta(minutes=15 * quarter) + timedelta(days=quarter % 3)
             )
-            entry = booking(start, 15 * quarters, f"b{len(entries[which])}")
+            # Refs are unique, as booking ids are: two equal entries would be one in the index.
+            entry = booking(start, 15 * quarters, f"b{n}")
             entries[which].append(entry)
             live[rid].add(entry)
         else:
