@@ -25,7 +25,6 @@ def dashboard_command(
 ) -> None:
     """Open the Streamlit dashboards over the workbench's DuckDB file (read-only)."""
     import os
-    import subprocess
     import sys
 
     from dashboards.queries import DATA_ENV
@@ -51,9 +50,7 @@ def dashboard_command(
     ]
     typer.echo(f"Dashboards for {directory.absolute()} at http://{address}:{port}")
     env = {**os.environ, DATA_ENV: str(directory.absolute())}
-    # A child process: Ctrl-C reaches it too, and its exit status becomes ours.
-    try:
-        code = subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        code = 130
-    raise typer.Exit(code)
+    # Become Streamlit rather than wait for it as a child: a signal sent to this process
+    # (Ctrl-C, or a SIGTERM from a supervisor) reaches the server, and can't orphan it.
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)

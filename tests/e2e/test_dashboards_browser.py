@@ -80,11 +80,11 @@ def _serving(data: Path, empty: bool) -> Iterator[Dashboard]:
         yield Dashboard(url, empty)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is still there
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()
         if process.stdout:
             process.stdout.close()
 
