@@ -312,20 +312,15 @@ class BookingService:
             record, service, calendars = await self._one_start(
                 caller, service_id, start, pins, "hold.create", request_id
             )
-            if taken is not None and taken[0] != record.service:
-                # The catalog changed under the cached copy: start over from the current one.
-                await self._release_claims(caller.tenant, nonce, taken[1])
             verdict, degraded = await self._plan_and_hold(
-                caller.tenant, nonce, service, calendars, start, now, record.rules, ttl
+                caller.tenant, nonce, service, calendars, start, now, record.rules, ttl, taken
             )
         except BaseException:
             # An Idempotency-Key's nonce may name the hold of an earlier, successful attempt
             # of this request: leave it to expire rather than release someone's live hold.
             if taken is not None and idem is None:
-                await self._release_claims(caller.tenant, nonce, taken[1])
+                await self._release_claims(caller.tenant, nonce, taken)
             raise
-        if taken is not None and degraded:  # Valkey failed in between: the hold is not ours
-            await self._release_claims(caller.tenant, nonce, taken[1])
         hold = Hold(
             caller.tenant,
             caller.key_id,
@@ -385,12 +380,14 @@ class BookingService:
         now: datetime,
         rules: Rules,
         ttl: timedelta,
+        taken: list[Claim] | None = None,
     ) -> tuple[Offered, bool]:
         """Choose resources and take the hold: (verdict, degraded).
 
         The acquire script refuses any overlap with live holds atomically, so other callers'
         holds are read only after a clash, to re-plan around them once — two Redis round
-        trips saved on the common path."""
+        trips saved on the common path. ``taken``: claims `_hold_first` already holds under
+        ``nonce``; the plan keeps them if it claims the same, or gives them back first."""
         considered_holds = False
         while True:
             verdict = explain(service, calendars, start, now, rules)
@@ -400,6 +397,12 @@ class BookingService:
                 return verdict, True  # layer 1 off by configuration: a non-exclusive hold
             footprint = service.footprint(start)
             claims = claims_over(footprint, (rid for _, rid in verdict.assignment))
+            if taken is not None:
+                if claims == taken:
+                    return verdict, False  # held already, before the database was read
+                # The catalog changed under the cached copy `_hold_first` used: start over.
+                await self._release_claims(tenant_id, nonce, taken)
+                taken = None
             try:
                 clash = await self.holds.acquire(tenant_id, nonce, claims, ttl)
             except HoldStoreDown:
@@ -421,14 +424,14 @@ class BookingService:
         nonce: str,
         ttl: timedelta,
         request_id: str | None,
-    ) -> tuple[Service, list[Claim]] | None:
+    ) -> list[Claim] | None:
         """Layer 1 before any database read, when the pins fix every resource the slot needs:
         take the hold in Valkey first. The first caller of a rush on a hot slot gets it (and
-        then goes the full way, which re-takes the same hold and checks the slot in
+        then goes the full way, which keeps that hold if it plans the same and checks the slot in
         PostgreSQL); every later one is refused here at the cost of a Valkey round trip and a
-        share of a batched audit insert — not a transaction each. Returns the service the
-        claims were computed from and the claims, or None where the full path must decide
-        alone (pins that leave a choice, Valkey down, a catalog changed meanwhile)."""
+        share of a batched audit insert — not a transaction each. Returns the claims taken, or
+        None where the full path must decide alone (pins that leave a choice, Valkey down, a
+        catalog changed meanwhile)."""
         if not pins or self.strategy != "holds":  # the study's other strategies: no layer 1
             return None
         catalog = await self._catalog_for_holds(caller.tenant)
@@ -444,7 +447,7 @@ class BookingService:
         except HoldStoreDown:
             return None
         if clash is None:
-            return record.service, claims
+            return claims
         version = await self.refusals.append(
             caller,
             "hold.create",
