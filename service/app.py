@@ -23,9 +23,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter, QueryParameter
 from litestar.types import Message, Scope
-from redis.asyncio import Redis
 
 from engine.errors import InvalidInterval, InvalidModel, InvalidRecurrence, UnknownZone
 from engine.intervals import Interval
@@ -35,7 +34,7 @@ from service.booking import STRATEGIES, BookingService, BookingStrategy, strateg
 from service.catalog import CatalogService, valid_rrule, valid_zone
 from service.db import Database, Idempotency
 from service.errors import PROBLEM_BASE, InvalidInput, ServiceError, Unauthorized
-from service.holds import HoldTokens, RedisHoldStore
+from service.holds import HoldTokens, RedisHoldStore, valkey_client
 from service.queue import QueueService
 from service.schemas import (
     ApiKeyIn,
@@ -53,6 +52,7 @@ from service.schemas import (
     TenantIn,
     WorkingHoursIn,
 )
+from service.singleflight import SingleFlight
 
 log = logging.getLogger("slotwise.service")
 PROBLEM = "application/problem+json"
@@ -86,34 +86,38 @@ class AppConfig:
 class Authenticator:
     """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
     security-definer function; answers are cached for a second, which bounds how long a
-    revoked key keeps working on another worker."""
+    revoked key keeps working on another worker. Requests that find a key's answer missing or
+    expired at the same moment share one lookup: a burst of thousands with one key would
+    otherwise send thousands of identical lookups, each a transaction."""
 
     def __init__(self, db: Database, admin_key: str, ttl: float) -> None:
         self.db = db
         self.admin_key = admin_key
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._lookups: SingleFlight[str, Caller | None] = SingleFlight()
 
     async def __call__(self, header: str | None) -> Caller:
         token = bearer(header)
         if is_admin(token, self.admin_key):
             return Caller("admin", None, frozenset({"admin"}))
-        now = time.monotonic()
         hit = self._cache.get(token)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             caller = hit[1]
         else:
-            prefix, digest = parse_token(token)
-            async with self.db.transaction(None) as conn:
-                row = await repo.authenticate(conn, prefix, digest)
-            caller = (
-                Caller(row["key_id"], row["tenant_id"], frozenset(row["scopes"])) if row else None
-            )
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[token] = (now + self.ttl, caller)
+            caller = await self._lookups.call(token, lambda: self._look_up(token))
         if caller is None:
             raise Unauthorized("unknown or revoked API key")
+        return caller
+
+    async def _look_up(self, token: str) -> Caller | None:
+        prefix, digest = parse_token(token)
+        async with self.db.transaction(None) as conn:
+            row = await repo.authenticate(conn, prefix, digest)
+        caller = Caller(row["key_id"], row["tenant_id"], frozenset(row["scopes"])) if row else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = (time.monotonic() + self.ttl, caller)
         return caller
 
     def forget(self) -> None:
@@ -149,7 +153,8 @@ def catalog(request: Request[Any, Any, State]) -> CatalogService:
 
 
 IdemKey = Annotated[
-    str | None, Parameter(header="Idempotency-Key", required=False, max_length=200, min_length=1)
+    str | None,
+    HeaderParameter(name="Idempotency-Key", required=False, max_length=200, min_length=1),
 ]
 
 
@@ -381,10 +386,10 @@ async def get_availability(
     caller: Caller,
     request_id: str,
     request: Request[Any, Any, State],
-    start: Annotated[datetime, Parameter(query="from")],
-    end: Annotated[datetime, Parameter(query="to")],
+    start: Annotated[datetime, QueryParameter(name="from")],
+    end: Annotated[datetime, QueryParameter(name="to")],
     zone: str | None = None,
-    resource_ids: Annotated[list[uuid.UUID] | None, Parameter(query="resource_id")] = None,
+    resource_ids: Annotated[list[uuid.UUID] | None, QueryParameter(name="resource_id")] = None,
 ) -> dict[str, Any]:
     """Bookable starts in [from, to); `local_start` is shown in `zone` (default: the tenant's).
     Live holds of other callers hide their time."""
@@ -403,7 +408,7 @@ async def why_not(
     request_id: str,
     request: Request[Any, Any, State],
     start: datetime,
-    resource_ids: Annotated[list[uuid.UUID] | None, Parameter(query="resource_id")] = None,
+    resource_ids: Annotated[list[uuid.UUID] | None, QueryParameter(name="resource_id")] = None,
 ) -> dict[str, Any]:
     """Why one start is (not) bookable: `reason` is available, outside_hours, conflict,
     capacity_reached, lead_time, max_advance, blackout, off_grid, no_qualified_resource, or
@@ -487,8 +492,8 @@ async def list_bookings(
     caller: Caller,
     request_id: str,
     request: Request[Any, Any, State],
-    start: Annotated[datetime, Parameter(query="from")],
-    end: Annotated[datetime, Parameter(query="to")],
+    start: Annotated[datetime, QueryParameter(name="from")],
+    end: Annotated[datetime, QueryParameter(name="to")],
     status: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
@@ -635,9 +640,9 @@ async def get_capacity(
     caller: Caller,
     request_id: str,
     request: Request[Any, Any, State],
-    first: Annotated[date, Parameter(query="from")],
-    last: Annotated[date, Parameter(query="to")],
-    resource_ids: Annotated[list[uuid.UUID] | None, Parameter(query="resource_id")] = None,
+    first: Annotated[date, QueryParameter(name="from")],
+    last: Annotated[date, QueryParameter(name="to")],
+    resource_ids: Annotated[list[uuid.UUID] | None, QueryParameter(name="resource_id")] = None,
 ) -> list[dict[str, Any]]:
     """Booked and remaining daily capacity per resource (default: all staff) and local day."""
     ids = [str(r) for r in resource_ids or []]
@@ -800,9 +805,7 @@ def create_app(config: AppConfig) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await Database.open(config.app_database_url, config.pool_min, config.pool_max)
-        redis = Redis.from_url(
-            config.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False
-        )
+        redis = valkey_client(config.redis_url)
         holds = RedisHoldStore(redis)
         app.state.authenticator = Authenticator(db, config.admin_key, config.auth_cache_seconds)
         app.state.booking = BookingService(

@@ -18,7 +18,6 @@ rules are checked without a lock, so concurrent bookings can exceed a daily capa
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -72,6 +71,7 @@ from service.holds import (
     HoldTokens,
     new_nonce,
 )
+from service.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class BookingService:
         self.strategy = strategy
         self.catalogs = repo.CatalogCache()
         self.refusals = BatchedAudit(db)
-        self._loading: dict[str, asyncio.Future[repo.Catalog]] = {}
+        self._catalog_loads: SingleFlight[str, repo.Catalog] = SingleFlight()
 
     # --- reads ---------------------------------------------------------------------------------
     async def availability(
@@ -466,12 +466,7 @@ class BookingService:
         cached = self.catalogs.cached(tenant_id)
         if cached is not None:
             return cached
-        loading = self._loading.get(tenant_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load_catalog(tenant_id))
-            self._loading[tenant_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(tenant_id, None))
-        return await asyncio.shield(loading)
+        return await self._catalog_loads.call(tenant_id, lambda: self._load_catalog(tenant_id))
 
     async def _load_catalog(self, tenant_id: str) -> repo.Catalog:
         async with self.db.transaction(tenant_id) as conn:

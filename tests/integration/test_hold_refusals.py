@@ -13,14 +13,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
-from redis.asyncio import Redis
 
 from service.audit_batch import BatchedAudit
 from service.auth import Caller
 from service.booking import BookingService
 from service.db import Database
 from service.errors import SlotConflict
-from service.holds import HoldTokens, RedisHoldStore
+from service.holds import Claim, HoldTokens, RedisHoldStore, new_nonce, valkey_client
 from tests.integration.conftest import Api, Infra
 from tests.integration.tenancy import Tenant, make_tenant
 
@@ -58,7 +57,7 @@ def refused_events(admin_url: str, tenant_id: str) -> list[tuple[str, str]]:
 async def booking_service(infra: Infra) -> AsyncIterator[BookingService]:
     """The booking use cases in this process, on the session's real servers."""
     db = await Database.open(infra.app_url, 2, 8)
-    redis = Redis.from_url(infra.redis_url)
+    redis = valkey_client(infra.redis_url)
     try:
         yield BookingService(
             db,
@@ -195,3 +194,31 @@ def test_a_confirmed_hold_lingers_until_its_booking_is_cancelled(
             assert {r["resource_id"] for r in again["resources"]} == set(pins)
 
     asyncio.run(scenario())
+
+
+def test_a_rush_of_holds_waits_for_valkey_connections_instead_of_degrading(
+    infra: Infra,
+) -> None:
+    """More concurrent holds than the worker's pool has connections: each waits its turn and
+    every one is taken in Valkey. (redis-py's default pool refused past 100 in use, and those
+    holds silently degraded to non-exclusive ones.)"""
+    rush = 1000
+    tenant_id = "rush-" + new_nonce()
+
+    async def acquire_all() -> list[object]:
+        redis = valkey_client(infra.redis_url)
+        store = RedisHoldStore(redis)
+        try:
+            claims = [Claim(f"r{i}", 0, 60_000) for i in range(rush)]
+            return await asyncio.gather(
+                *(
+                    store.acquire(tenant_id, new_nonce(), [claim], timedelta(seconds=30))
+                    for claim in claims
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            await redis.aclose()
+
+    outcomes = asyncio.run(acquire_all())
+    assert outcomes == [None] * rush  # None: held, no clash, no HoldStoreDown

@@ -1,0 +1,28 @@
+"""Concurrent requests that need the same answer share one call for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SingleFlight(Generic[K, V]):
+    """`call(key, fetch)` runs `fetch()` unless a call for `key` is already in flight, in
+    which case it waits for that one's result (or exception). In a burst, thousands of requests
+    find the same cache entry missing at once; without this each would fetch it."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[K, asyncio.Future[V]] = {}
+
+    async def call(self, key: K, fetch: Callable[[], Awaitable[V]]) -> V:
+        flight = self._in_flight.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(fetch())
+            self._in_flight[key] = flight
+            flight.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        # shield: one caller hanging up must not cancel the call the others wait for.
+        return await asyncio.shield(flight)
