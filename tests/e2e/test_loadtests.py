@@ -242,3 +242,36 @@ def test_a_short_contention_study(tmp_path: Path) -> None:
             "SELECT strategy, confirmed FROM contention ORDER BY strategy"
         ).fetchall()
     assert rows == sorted((line["strategy"], line["confirmed"]) for line in lines)
+
+
+# Run in a child: importing Locust monkey-patches the process that imports it.
+_KEEP_ALIVE_CHECK = """
+import resource, socket
+from loadtests.locustkit import install
+from geventhttpclient.connectionpool import ConnectionPool
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+install(monitor=False)
+ballast = [socket.socket() for _ in range(1100)]  # what 5,000 users' sockets do to the fds
+ours, peer = socket.socketpair()
+assert ours.fileno() > 1024, ours.fileno()
+idle = ConnectionPool._is_socket_alive(None, ours)
+peer.close()  # the server hangs up
+closed = ConnectionPool._is_socket_alive(None, ours)
+print(idle, closed)
+"""
+
+
+def test_kept_alive_sockets_above_fd_1024_are_reused_not_reopened() -> None:
+    """geventhttpclient checked a pooled socket with select(), which refuses descriptors above
+    1023, and took the refusal for a dead socket: most connections opened before a barrier
+    were reopened at its release. The mended check sees an idle socket as alive, a socket
+    whose peer hung up as dead, whatever its descriptor."""
+    done = subprocess.run(
+        [sys.executable, "-c", _KEEP_ALIVE_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["True", "False"]
