@@ -1244,8 +1244,9 @@ def fixed_assignment(
     service: Service, catalog: repo.Catalog, pins: Sequence[str]
 ) -> Assignment | None:
     """The one assignment ``pins`` leave for ``service``, or None if they leave a choice (or
-    are not all valid: the full path then explains why)."""
-    resources = catalog.resources_for(service)
+    are not all valid: the full path then explains why). Only the pinned resources are
+    looked at: `repo.pin` reads no others, and this runs for every refused hold."""
+    resources = catalog.resources_for(service, only=pins)
     if any(rid not in resources for rid in pins):
         return None
     assignment: list[tuple[int, str]] = []

@@ -60,7 +60,8 @@ def pin(
     """Restrict each requirement to the pinned resources it admits, if it admits any."""
     if not pinned:
         return requirements
-    chosen = [r for r in resources if r.id in set(pinned)]
+    wanted = set(pinned)
+    chosen = [r for r in resources if r.id in wanted]
     out = []
     for req in requirements:
         mine = frozenset(r.id for r in chosen if req.admits(r))
