@@ -18,6 +18,7 @@ rules are checked without a lock, so concurrent bookings can exceed a daily capa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -99,6 +100,10 @@ class Limits:
     replan_attempts: int = 3
     # How long a hold outlives its confirmation (see `_linger`).
     booked_hold_linger: timedelta = timedelta(seconds=60)
+
+
+# How long a plan made inside a transaction waits for Valkey's live holds (see `plan`).
+IN_TRANSACTION_HOLDS_S: Final = 0.25
 
 
 class _StalePlan(Exception):
@@ -724,7 +729,12 @@ class BookingService:
         service, calendars = await self.calendars_for(
             conn, catalog, record.service, footprint, pins, exclude
         )
-        await self.add_live_holds(tenant_id, calendars, footprint, ignore=own_holds)
+        # This runs inside a transaction: a slow Valkey must not keep a PostgreSQL connection
+        # (and the locks taken so far) waiting. Past the deadline the plan degrades to layers
+        # 2 and 3, as with Valkey down.
+        await self.add_live_holds(
+            tenant_id, calendars, footprint, ignore=own_holds, within_s=IN_TRANSACTION_HOLDS_S
+        )
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
             raise refuse(verdict)
@@ -1208,13 +1218,15 @@ class BookingService:
         calendars: Mapping[str, ResourceCalendar],
         span: Interval,
         ignore: Collection[str] = (),
+        within_s: float | None = None,
     ) -> bool:
         """Add the live holds overlapping ``span`` (but those named in ``ignore``) as busy
-        time; False when the hold store is down."""
+        time; False when the hold store is down or does not answer within ``within_s``."""
         lo, hi = seconds(span.start) * 1000, seconds(span.end) * 1000
         try:
-            live = await self.holds.live_claims(tenant_id, list(calendars), lo, hi)
-        except HoldStoreDown:
+            async with asyncio.timeout(within_s):
+                live = await self.holds.live_claims(tenant_id, list(calendars), lo, hi)
+        except (HoldStoreDown, TimeoutError):
             return False
         for rid, claims in live.items():
             for start_ms, end_ms, nonce in claims:

@@ -43,8 +43,10 @@ def valkey_client(url: str, *, connections: int = 64, wait_s: float = 5.0) -> Re
     Its pool waits for a free connection. redis-py's default pool refuses outright once 100
     are in use ("Too many connections"), and in a burst of thousands of concurrent holds that
     refusal degraded about a fifth of them while Valkey itself sat idle. A wait longer than
-    ``wait_s`` counts as Valkey being down. Short socket timeouts: a hung Valkey degrades
-    holds within half a second instead of stalling every request."""
+    ``wait_s`` counts as Valkey being down. The socket timeouts are 2 s, not less: they are
+    measured by an event loop that thousands of requests in flight keep busy, and at 0.5 s
+    a 10,000-request burst timed out (and reconnected) on a healthy Valkey. Callers inside
+    a transaction set a tighter deadline of their own (`BookingService.plan`)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=connections,

@@ -24,5 +24,8 @@ class SingleFlight(Generic[K, V]):
             flight = asyncio.ensure_future(fetch())
             self._in_flight[key] = flight
             flight.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            # Mark a failure as seen even when every caller hung up before it came: asyncio
+            # would otherwise log "exception was never retrieved" for it.
+            flight.add_done_callback(lambda f: f.cancelled() or f.exception())
         # shield: one caller hanging up must not cancel the call the others wait for.
         return await asyncio.shield(flight)

@@ -108,3 +108,22 @@ def test_a_revoked_key_stops_working_once_its_answer_expires(
 
     answers = asyncio.run(scenario())
     assert all(isinstance(a, Unauthorized) for a in answers)
+
+
+def test_a_lookup_under_way_when_keys_are_forgotten_is_not_cached(infra: Infra, api: Api) -> None:
+    """`forget` (called on revoking a key) must also cover a lookup that began before it: that
+    lookup may have read the key while it was still valid."""
+    header, _ = new_key(api)
+
+    async def scenario() -> int:
+        async with counting_db(infra) as db:
+            auth = Authenticator(db, "admin-key-not-used-here", 60.0)
+            under_way = asyncio.ensure_future(auth(header))
+            await asyncio.sleep(0)  # the lookup has started
+            auth.forget()
+            await under_way
+            before = db.transactions
+            await auth(header)
+            return db.transactions - before
+
+    assert asyncio.run(scenario()) == 1  # looked up again, not answered from the cache

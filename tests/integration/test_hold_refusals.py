@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
 import pytest
+from redis import Redis as SyncRedis
 
 from service.audit_batch import BatchedAudit
 from service.auth import Caller
-from service.booking import BookingService
+from service.booking import IN_TRANSACTION_HOLDS_S, BookingService
 from service.db import Database
-from service.errors import SlotConflict
+from service.errors import SlotConflict, Unavailable
 from service.holds import Claim, HoldTokens, RedisHoldStore, new_nonce, valkey_client
 from tests.integration.conftest import Api, Infra
 from tests.integration.tenancy import Tenant, make_tenant
@@ -222,3 +224,79 @@ def test_a_rush_of_holds_waits_for_valkey_connections_instead_of_degrading(
 
     outcomes = asyncio.run(acquire_all())
     assert outcomes == [None] * rush  # None: held, no clash, no HoldStoreDown
+
+
+def test_a_paused_valkey_does_not_hold_up_a_direct_booking(infra: Infra, tenant: Tenant) -> None:
+    """A direct booking plans around live holds inside its transaction. When Valkey stops
+    answering, the plan gives up on it after IN_TRANSACTION_HOLDS_S and books on layers 2
+    and 3, rather than keep a PostgreSQL connection (and its locks) for the socket timeout."""
+    pause_ms = 4000
+
+    async def scenario() -> tuple[int, float]:
+        async with booking_service(infra) as service:
+            holder, _ = callers(infra.admin_url, tenant.id)
+            pins = [tenant.staff[0], tenant.rooms[0]]
+            await service.holds.live_claims(tenant.id, pins, 0, 1)  # a connection is open
+            with SyncRedis.from_url(infra.redis_url) as admin:
+                admin.execute_command("CLIENT", "PAUSE", str(pause_ms), "ALL")
+            started = time.monotonic()
+            status, _ = await service.confirm(
+                holder,
+                hold_id=None,
+                service_id=tenant.service_id,
+                start=START + timedelta(hours=2),
+                pins=pins,
+                customer="Ada",
+                idem=None,
+                request_id="d",
+            )
+            return status, time.monotonic() - started
+
+    try:
+        status, waited_s = asyncio.run(scenario())
+    finally:
+        with SyncRedis.from_url(infra.redis_url, socket_timeout=pause_ms / 1000 + 5) as admin:
+            admin.ping()  # answered once the pause is over: later tests find Valkey back
+    assert status == 201
+    assert waited_s < IN_TRANSACTION_HOLDS_S + 1.0  # the socket timeout alone is 2 s
+
+
+def test_a_cancelled_audit_writer_fails_its_waiters_and_the_next_event_is_written(
+    infra: Infra, tenant: Tenant
+) -> None:
+    """Shutdown cancels the batched writer: every event still queued learns it was not
+    written (none hangs, none is answered later as written), and a later event is written."""
+
+    async def scenario() -> tuple[list[BaseException | int], int]:
+        db = await Database.open(infra.app_url, 1, 2)
+        try:
+            batch = BatchedAudit(db, gather_s=1.0)
+            caller = Caller("cancel-test", tenant.id, frozenset({"book"}))
+            await batch.append(caller, "test.cancel", "service", None, "r0", {})
+            queued = [
+                asyncio.ensure_future(
+                    batch.append(caller, "test.cancel", "service", None, f"q{i}", {})
+                )
+                for i in range(3)
+            ]
+            await asyncio.sleep(0.1)  # the writer waits out gather_s before their batch
+            assert batch._writer is not None
+            batch._writer.cancel()
+            answers = await asyncio.wait_for(
+                asyncio.gather(*queued, return_exceptions=True), timeout=10
+            )
+            later = await batch.append(caller, "test.cancel", "service", None, "later", {})
+            return answers, later
+        finally:
+            await db.close()
+
+    answers, later = asyncio.run(scenario())
+    assert all(isinstance(a, Unavailable) for a in answers), answers
+    assert later >= 0
+    with psycopg.connect(infra.admin_url) as conn:
+        written = conn.execute(
+            "SELECT request_id FROM audit_events WHERE tenant_id = %s AND action = 'test.cancel'"
+            " ORDER BY id",
+            (tenant.id,),
+        ).fetchall()
+    assert [r[0] for r in written] == ["r0", "later"]
