@@ -21,10 +21,17 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import HeaderParameter, Parameter, QueryParameter
+from litestar.params import (
+    FromPath,
+    FromQuery,
+    HeaderParameter,
+    JSONBody,
+    Parameter,
+    QueryParameter,
+)
 from litestar.types import Message, Scope
 
 from engine.errors import InvalidInterval, InvalidModel, InvalidRecurrence, UnknownZone
@@ -132,7 +139,9 @@ class Authenticator:
         self._lookups = SingleFlight()
 
 
-async def provide_caller(request: Request[Any, Any, State], request_id: str) -> Caller:
+async def provide_caller(
+    request: Request[Any, Any, State], request_id: NamedDependency[str]
+) -> Caller:
     # Depending on `request_id` (unused here) puts the two dependencies in separate batches:
     # Litestar resolves a batch of several in an anyio task group, a cost on every request.
     authenticator: Authenticator = request.app.state.authenticator
@@ -167,6 +176,8 @@ IdemKey = Annotated[
 
 
 def idem(key: str | None, request: Request[Any, Any, State], body: Any) -> Idempotency | None:
+    if key is None:  # most requests: no fingerprint to compute
+        return None
     return Idempotency.of(key, request.method, request.url.path, msgspec.to_builtins(body))
 
 
@@ -205,9 +216,9 @@ def openapi_json(request: Request[Any, Any, State]) -> dict[str, Any]:
 
 @post("/v1/tenants", status_code=201)
 async def create_tenant(
-    data: TenantIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[TenantIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -222,7 +233,9 @@ async def create_tenant(
 
 @get("/v1/tenant")
 async def get_tenant(
-    caller: Caller, request_id: str, request: Request[Any, Any, State]
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """The calling key's tenant."""
     return await catalog(request).get_tenant(caller, request_id)
@@ -230,9 +243,9 @@ async def get_tenant(
 
 @post("/v1/api-keys", status_code=201)
 async def create_api_key(
-    data: ApiKeyIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[ApiKeyIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -246,7 +259,9 @@ async def create_api_key(
 
 @get("/v1/api-keys")
 async def list_api_keys(
-    caller: Caller, request_id: str, request: Request[Any, Any, State]
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> list[dict[str, Any]]:
     """The tenant's API keys (never their secrets)."""
     return await catalog(request).list_keys(caller, request_id)
@@ -254,7 +269,10 @@ async def list_api_keys(
 
 @delete("/v1/api-keys/{key_id:uuid}", status_code=204)
 async def revoke_api_key(
-    key_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    key_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> None:
     """Revoke a key; it stops working within the auth cache's second."""
     await catalog(request).revoke_key(caller, str(key_id), request_id)
@@ -263,9 +281,9 @@ async def revoke_api_key(
 
 @post("/v1/resources", status_code=201)
 async def create_resource(
-    data: ResourceIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[ResourceIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -284,7 +302,9 @@ async def create_resource(
 
 @get("/v1/resources")
 async def list_resources(
-    caller: Caller, request_id: str, request: Request[Any, Any, State]
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> list[dict[str, Any]]:
     """The tenant's resources."""
     return await catalog(request).list_resources(caller, request_id)
@@ -292,7 +312,10 @@ async def list_resources(
 
 @get("/v1/resources/{resource_id:uuid}")
 async def get_resource(
-    resource_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    resource_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """One resource with its working hours and exceptions."""
     return await catalog(request).get_resource(caller, str(resource_id), request_id)
@@ -300,10 +323,10 @@ async def get_resource(
 
 @post("/v1/resources/{resource_id:uuid}/working-hours", status_code=201)
 async def add_working_hours(
-    resource_id: uuid.UUID,
-    data: WorkingHoursIn,
-    caller: Caller,
-    request_id: str,
+    resource_id: FromPath[uuid.UUID],
+    data: JSONBody[WorkingHoursIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -322,10 +345,10 @@ async def add_working_hours(
 
 @post("/v1/resources/{resource_id:uuid}/exceptions", status_code=201)
 async def add_exception(
-    resource_id: uuid.UUID,
-    data: ExceptionIn,
-    caller: Caller,
-    request_id: str,
+    resource_id: FromPath[uuid.UUID],
+    data: JSONBody[ExceptionIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -346,10 +369,10 @@ async def add_exception(
 
 @delete("/v1/resources/{resource_id:uuid}/exceptions/{exception_id:uuid}", status_code=204)
 async def delete_exception(
-    resource_id: uuid.UUID,
-    exception_id: uuid.UUID,
-    caller: Caller,
-    request_id: str,
+    resource_id: FromPath[uuid.UUID],
+    exception_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
 ) -> None:
     """Remove an exception."""
@@ -358,9 +381,9 @@ async def delete_exception(
 
 @post("/v1/services", status_code=201)
 async def create_service(
-    data: ServiceIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[ServiceIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -374,7 +397,9 @@ async def create_service(
 
 @get("/v1/services")
 async def list_services(
-    caller: Caller, request_id: str, request: Request[Any, Any, State]
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> list[dict[str, Any]]:
     """The tenant's services."""
     return await catalog(request).list_services(caller, request_id)
@@ -382,7 +407,10 @@ async def list_services(
 
 @get("/v1/services/{service_id:uuid}")
 async def get_service(
-    service_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    service_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """One service."""
     return await catalog(request).get_service(caller, str(service_id), request_id)
@@ -390,13 +418,13 @@ async def get_service(
 
 @get("/v1/services/{service_id:uuid}/availability")
 async def get_availability(
-    service_id: uuid.UUID,
-    caller: Caller,
-    request_id: str,
+    service_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     start: Annotated[datetime, QueryParameter(name="from")],
     end: Annotated[datetime, QueryParameter(name="to")],
-    zone: str | None = None,
+    zone: FromQuery[str | None] = None,
     resource_ids: Annotated[list[uuid.UUID] | None, QueryParameter(name="resource_id")] = None,
 ) -> dict[str, Any]:
     """Bookable starts in [from, to); `local_start` is shown in `zone` (default: the tenant's).
@@ -411,11 +439,11 @@ async def get_availability(
 
 @get("/v1/services/{service_id:uuid}/why-not")
 async def why_not(
-    service_id: uuid.UUID,
-    caller: Caller,
-    request_id: str,
+    service_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
-    start: datetime,
+    start: FromQuery[datetime],
     resource_ids: Annotated[list[uuid.UUID] | None, QueryParameter(name="resource_id")] = None,
 ) -> dict[str, Any]:
     """Why one start is (not) bookable: `reason` is available, outside_hours, conflict,
@@ -429,9 +457,9 @@ async def why_not(
 
 @post("/v1/holds", status_code=201)
 async def create_hold(
-    data: HoldIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[HoldIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -452,10 +480,10 @@ async def create_hold(
 
 @post("/v1/holds/{hold_id:str}/extend", status_code=200)
 async def extend_hold(
-    hold_id: str,
-    data: HoldExtendIn,
-    caller: Caller,
-    request_id: str,
+    hold_id: FromPath[str],
+    data: JSONBody[HoldExtendIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """Extend a live hold; returns the hold with its new id and expiry."""
@@ -465,7 +493,10 @@ async def extend_hold(
 
 @delete("/v1/holds/{hold_id:str}", status_code=204)
 async def release_hold(
-    hold_id: str, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    hold_id: FromPath[str],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> None:
     """Release a hold early."""
     await booking(request).release_hold(caller, hold_id, request_id)
@@ -473,9 +504,9 @@ async def release_hold(
 
 @post("/v1/bookings", status_code=201)
 async def create_booking(
-    data: BookingIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[BookingIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -497,12 +528,12 @@ async def create_booking(
 
 @get("/v1/bookings")
 async def list_bookings(
-    caller: Caller,
-    request_id: str,
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     start: Annotated[datetime, QueryParameter(name="from")],
     end: Annotated[datetime, QueryParameter(name="to")],
-    status: str | None = None,
+    status: FromQuery[str | None] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
     """Bookings overlapping [from, to)."""
@@ -515,7 +546,10 @@ async def list_bookings(
 
 @get("/v1/bookings/{booking_id:uuid}")
 async def get_booking(
-    booking_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    booking_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """One booking."""
     return await booking(request).get_booking(caller, str(booking_id), request_id)
@@ -523,9 +557,9 @@ async def get_booking(
 
 @post("/v1/bookings/{booking_id:uuid}/cancel", status_code=200)
 async def cancel_booking(
-    booking_id: uuid.UUID,
-    caller: Caller,
-    request_id: str,
+    booking_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -541,10 +575,10 @@ async def cancel_booking(
 
 @post("/v1/bookings/{booking_id:uuid}/reschedule", status_code=201)
 async def reschedule_booking(
-    booking_id: uuid.UUID,
-    data: RescheduleIn,
-    caller: Caller,
-    request_id: str,
+    booking_id: FromPath[uuid.UUID],
+    data: JSONBody[RescheduleIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -563,9 +597,9 @@ async def reschedule_booking(
 
 @post("/v1/series", status_code=201)
 async def create_series(
-    data: SeriesIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[SeriesIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -595,7 +629,10 @@ async def create_series(
 
 @get("/v1/series/{series_id:uuid}")
 async def get_series(
-    series_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    series_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """A series with its occurrences."""
     return await booking(request).get_series(caller, str(series_id), request_id)
@@ -603,9 +640,9 @@ async def get_series(
 
 @post("/v1/series/{series_id:uuid}/cancel", status_code=200)
 async def cancel_series(
-    series_id: uuid.UUID,
-    caller: Caller,
-    request_id: str,
+    series_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -619,8 +656,8 @@ async def cancel_series(
 
 @get("/v1/audit")
 async def audit_feed(
-    caller: Caller,
-    request_id: str,
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     after_id: Annotated[int, Parameter(ge=0)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
@@ -631,8 +668,8 @@ async def audit_feed(
 
 @get("/v1/activity")
 async def activity_feed(
-    caller: Caller,
-    request_id: str,
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     after_id: Annotated[int, Parameter(ge=0)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
@@ -645,8 +682,8 @@ async def activity_feed(
 
 @get("/v1/capacity")
 async def get_capacity(
-    caller: Caller,
-    request_id: str,
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     first: Annotated[date, QueryParameter(name="from")],
     last: Annotated[date, QueryParameter(name="to")],
@@ -660,9 +697,9 @@ async def get_capacity(
 # --- the waiting queue ------------------------------------------------------------------------
 @post("/v1/queue", status_code=201)
 async def enqueue(
-    data: QueueIn,
-    caller: Caller,
-    request_id: str,
+    data: JSONBody[QueueIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -682,11 +719,11 @@ async def enqueue(
 
 @get("/v1/queue")
 async def list_queue(
-    caller: Caller,
-    request_id: str,
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     status: Annotated[str, Parameter(pattern="^(waiting|assigned|withdrawn)$")] = "waiting",
-    service_id: uuid.UUID | None = None,
+    service_id: FromQuery[uuid.UUID | None] = None,
     order: Annotated[str, Parameter(pattern="^(priority|age)$")] = "priority",
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     offset: Annotated[int, Parameter(ge=0)] = 0,
@@ -698,7 +735,10 @@ async def list_queue(
 
 @get("/v1/queue/{entry_id:uuid}")
 async def get_queue_entry(
-    entry_id: uuid.UUID, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    entry_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """One queue entry, with why the last auto-assign left it waiting."""
     return await queue(request).get(caller, str(entry_id), request_id)
@@ -706,10 +746,10 @@ async def get_queue_entry(
 
 @post("/v1/queue/{entry_id:uuid}/assign", status_code=201)
 async def assign_queue_entry(
-    entry_id: uuid.UUID,
-    data: QueueAssignIn,
-    caller: Caller,
-    request_id: str,
+    entry_id: FromPath[uuid.UUID],
+    data: JSONBody[QueueAssignIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -729,9 +769,9 @@ async def assign_queue_entry(
 
 @post("/v1/queue/{entry_id:uuid}/withdraw", status_code=200)
 async def withdraw_queue_entry(
-    entry_id: uuid.UUID,
-    caller: Caller,
-    request_id: str,
+    entry_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
     request: Request[Any, Any, State],
     idempotency_key: IdemKey = None,
 ) -> Response[Any]:
@@ -745,7 +785,10 @@ async def withdraw_queue_entry(
 
 @post("/v1/queue/auto-assign", status_code=200)
 async def auto_assign_queue(
-    data: AutoAssignIn, caller: Caller, request_id: str, request: Request[Any, Any, State]
+    data: JSONBody[AutoAssignIn],
+    caller: NamedDependency[Caller],
+    request_id: NamedDependency[str],
+    request: Request[Any, Any, State],
 ) -> dict[str, Any]:
     """Assign the waiting queue (or the entries overlapping [from, to), or one service's) with
     the CP-SAT model — most entries first, then priority, then balanced load — and book each
