@@ -19,6 +19,7 @@ import psycopg
 from loadtests import verifier
 from loadtests.run_contention import ContentionParams
 from loadtests.run_contention import run as contention
+from loadtests.run_sustained import stages
 from loadtests.runner import Target, set_up
 from service.migrate import migrate
 from tests.integration.conftest import Api, Infra
@@ -66,6 +67,40 @@ def test_a_burst_through_locust_is_answered_and_verified(
     assert by_name["confirm"] >= summary["confirmed"]
     assert outcomes == {"ok": summary["confirmed"], "conflict": summary["conflicts"]}
     assert distinct_slots == (summary["confirmed"],)
+
+
+def test_sustained_traffic_with_a_flash_crowd_is_answered_and_verified(
+    api: Api, infra: Infra, tmp_path: Path
+) -> None:
+    """A compressed business day of customers who browse, hold, confirm, abandon and cancel,
+    with the flash crowd's hours at FLASH_FACTOR times the users: every request answered, no
+    error, every confirmation a booking, no overlap; the run and its requests in DuckDB."""
+    shape = stages(20.0, 3)
+    flash = [s["users"] for s in shape if s["flash"]]
+    calm = [s["users"] for s in shape if not s["flash"]]
+    assert flash and min(flash) > max(calm)  # the crowd outnumbers every ordinary hour
+
+    env = {**os.environ, "DATABASE_URL": infra.admin_url, "SLOTWISE_ADMIN_KEY": api.admin_key}
+    argv = [SLOTWISE, "loadtest", "sustained", "--json", "--duration", "20", "--base-users", "3"]
+    argv += ["--url", api.base_url, "--data", str(tmp_path)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=True)
+
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["bench"] == "sustained"
+    assert summary["requests"] == summary["answered"] > 0
+    assert summary["errors"] == summary["double_bookings"] == summary["lost_acks"] == 0
+    assert summary["unacknowledged"] == 0
+    assert summary["peak_users"] == max(flash)
+    outcomes = summary["outcomes"]
+    assert outcomes["availability"]["ok"] > 0
+    assert outcomes["hold"]["ok"] > 0
+    assert outcomes["confirm"]["ok"] == summary["confirmed"] > 0
+    with duckdb.connect(str(tmp_path / "slotwise.duckdb"), read_only=True) as con:
+        (run,) = con.execute("SELECT run_id FROM runs WHERE kind = 'sustained'").fetchone() or ("",)
+        (stored,) = con.execute(
+            "SELECT count(*) FROM requests WHERE run_id = ?", [run]
+        ).fetchone() or (0,)
+    assert stored == summary["requests"]
 
 
 def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> None:
