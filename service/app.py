@@ -175,6 +175,10 @@ IdemKey = Annotated[
 ]
 
 
+# A feed position: "<transaction>.<event id>", as a page's `next_after` gives it.
+FeedCursor = Annotated[str, QueryParameter(pattern=r"^[0-9]{1,20}\.[0-9]{1,19}$")]
+
+
 def idem(key: str | None, request: Request[Any, Any, State], body: Any) -> Idempotency | None:
     if key is None:  # most requests: no fingerprint to compute
         return None
@@ -659,11 +663,13 @@ async def audit_feed(
     caller: NamedDependency[Caller],
     request_id: NamedDependency[str],
     request: Request[Any, Any, State],
-    after_id: Annotated[int, Parameter(ge=0)] = 0,
+    after: FeedCursor = "0.0",
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """The tenant's audit trail (every read and write), oldest first, paged by `after_id`."""
-    return await catalog(request).audit_feed(caller, after_id, limit, False, None, request_id)
+    """The tenant's audit trail (every read and write), oldest first: pass each page's
+    `next_after` as `after` for the next. An event shows once the transactions older than
+    its own have all ended, so a client paging along never skips one."""
+    return await catalog(request).audit_feed(caller, after, limit, False, None, request_id)
 
 
 @get("/v1/activity")
@@ -671,13 +677,14 @@ async def activity_feed(
     caller: NamedDependency[Caller],
     request_id: NamedDependency[str],
     request: Request[Any, Any, State],
-    after_id: Annotated[int, Parameter(ge=0)] = 0,
+    after: FeedCursor = "0.0",
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     entity: Annotated[str | None, Parameter(max_length=40)] = None,
 ) -> dict[str, Any]:
     """What happened: appointments, staff and service changes, queue assignments (no reads),
-    oldest first, paged by `after_id`; `entity` narrows it (booking, resource, queue_entry...)."""
-    return await catalog(request).audit_feed(caller, after_id, limit, True, entity, request_id)
+    oldest first, paged like `/v1/audit`; `entity` narrows it (booking, resource,
+    queue_entry...)."""
+    return await catalog(request).audit_feed(caller, after, limit, True, entity, request_id)
 
 
 @get("/v1/capacity")

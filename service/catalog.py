@@ -404,21 +404,25 @@ class CatalogService:
     async def audit_feed(
         self,
         caller: Caller,
-        after_id: int,
+        after: str,
         limit: int,
         writes_only: bool,
         entity: str | None,
         request_id: str | None,
     ) -> dict[str, Any]:
-        """Audit events oldest first, paged by ``after_id``. ``writes_only`` gives the activity
-        feed: bookings, staff and service changes, queue assignments — no reads."""
+        """Audit events oldest first, paged by the cursor ``after`` (``next_after`` of the
+        previous page; "0.0" to start). ``writes_only`` gives the activity feed: bookings,
+        staff and service changes, queue assignments — no reads."""
         caller.require("read")
+        xact, _, event_id = after.partition(".")
         async with self.db.transaction(caller.tenant) as conn:
-            events = await repo.audit_feed(conn, after_id, limit, writes_only, entity)
+            events = await repo.audit_feed(
+                conn, (int(xact), int(event_id)), limit, writes_only, entity
+            )
             await audit(conn, caller, "audit.read", "audit", None, request_id)
-        feed: dict[str, Any] = {"events": [_json_ready(e) for e in events]}
-        feed["next_after_id"] = events[-1]["id"] if events else after_id
-        return feed
+        cursor = f"{events[-1]['xact']}.{events[-1]['id']}" if events else after
+        public = [_json_ready({k: v for k, v in e.items() if k != "xact"}) for e in events]
+        return {"events": public, "next_after": cursor}
 
 
 def _tenant_json(row: dict[str, Any]) -> dict[str, Any]:

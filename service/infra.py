@@ -206,12 +206,13 @@ def throwaway() -> Iterator[Endpoints]:
     """A fresh PostgreSQL + Valkey pair in a temporary folder, on free ports in 20000–32767.
 
     Tuned for speed (no fsync). Everything is killed and deleted on exit, also when starting
-    fails or the block is left by an exception or Ctrl-C.
+    fails or the block is left by an exception, Ctrl-C or SIGTERM.
     """
     base = Path(tempfile.mkdtemp(prefix="slotwise-infra-"))
     try:
-        base.chmod(0o755)  # mkdtemp makes it 0700; the postgres server user must traverse it
-        yield _throwaway_up(base)
+        with _terminate_as_interrupt():
+            base.chmod(0o755)  # mkdtemp makes it 0700; the postgres server user must traverse it
+            yield _throwaway_up(base)
     finally:
         with _interrupts_deferred():
             destroy(base)
@@ -731,24 +732,47 @@ def _wait_gone(pid: int, *, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (what `kill`, `timeout` and CI runners send) raises
+    KeyboardInterrupt, as Ctrl-C does. Its default action ends the process at once, no
+    `finally` run: the throwaway servers outlived every test run or benchmark stopped that
+    way. Only where nothing else handles SIGTERM already (an outer block, a framework)."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    with _handling(signal.SIGTERM, _interrupt):
+        yield
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C until the block ends, so a second one cannot cut a cleanup short."""
     interrupted: list[int] = []
-
-    def remember(signum: int, frame: FrameType | None) -> None:
-        interrupted.append(signum)
-
     try:
-        previous = signal.signal(signal.SIGINT, remember)
-    except ValueError:  # not the main thread: signals can't be handled here anyway
+        with _handling(signal.SIGINT, lambda signum, _frame: interrupted.append(signum)):
+            yield
+    finally:
+        if interrupted:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _handling(signum: int, handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """`handler` handles `signum` within the block; the previous handler after it. Outside
+    the main thread signals can't be handled, and the block just runs."""
+    try:
+        previous = signal.signal(signum, handler)
+    except ValueError:
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if interrupted:
-            raise KeyboardInterrupt
+        signal.signal(signum, previous)
 
 
 # --- files and ports -----------------------------------------------------------------------------

@@ -724,10 +724,19 @@ READ_ACTIONS = r"\.(read|list|explain|plan)$"
 
 
 async def audit_feed(
-    conn: Conn, after_id: int, limit: int, writes_only: bool = False, entity: str | None = None
+    conn: Conn,
+    after: tuple[int, int],
+    limit: int,
+    writes_only: bool = False,
+    entity: str | None = None,
 ) -> list[dict[str, Any]]:
-    where: list[str] = ["id > %s"]
-    params: list[Any] = [after_id]
+    """Events after the cursor ``after`` = (transaction, event id), in that order, of
+    transactions older than every one still running (see migration 0005)."""
+    where: list[str] = [
+        "(xact, id) > (%s::xid8, %s)",
+        "xact < pg_snapshot_xmin(pg_current_snapshot())",
+    ]
+    params: list[Any] = [str(after[0]), after[1]]
     if writes_only:
         where.append("action !~ %s")
         params.append(READ_ACTIONS)
@@ -735,8 +744,8 @@ async def audit_feed(
         where.append("entity = %s")
         params.append(entity)
     cur = await conn.execute(
-        "SELECT id, at, actor, action, entity, entity_id, request_id, detail FROM audit_events"
-        f" WHERE {' AND '.join(where)} ORDER BY id LIMIT %s",
+        "SELECT id, xact::text AS xact, at, actor, action, entity, entity_id, request_id, detail"
+        f" FROM audit_events WHERE {' AND '.join(where)} ORDER BY xact, id LIMIT %s",
         [*params, limit],
     )
     return [dict(r) for r in await cur.fetchall()]

@@ -251,20 +251,18 @@ def test_activity_feed_records_who_did_what_in_which_request(api: Api, infra: In
         assert by_request[sent[3][0]]["detail"] == {"booking": assigned["booking_id"]}
         assert [e["action"] for e in events[-len(sent) :]] == [s[1] for s in sent]
 
-        # Paged by after_id: every event exactly once, in order.
+        # Paged by the cursor: every event exactly once, in order.
         paged: list[dict[str, Any]] = []
-        after = 0
+        after = "0.0"
         while True:
-            r = client.get(
-                "/v1/activity", params={"after_id": after, "limit": 3}, headers=a.headers
-            )
+            r = client.get("/v1/activity", params={"after": after, "limit": 3}, headers=a.headers)
             page = r.json()
             assert len(page["events"]) <= 3
             if not page["events"]:
-                assert page["next_after_id"] == after
+                assert page["next_after"] == after
                 break
             paged += page["events"]
-            after = page["next_after_id"]
+            after = page["next_after"]
         assert paged == events
         assert [e["action"] for e in feed(client, a, entity="queue_entry")] == [
             "queue.enqueue",
@@ -318,3 +316,50 @@ def test_a_read_appends_an_audit_event_with_the_responses_request_id(
             (generated,),
         ).fetchall()
     assert row == [(tenant.id, "booking.read", booking_id)]
+
+
+def page_all(client: httpx.Client, tenant: Tenant, after: str) -> tuple[list[str], str]:
+    """Request ids of the activity after ``after``, paging to the end; and the cursor. (Not
+    the full trail: each page read is itself audited, so that one never ends.)"""
+    seen: list[str] = []
+    while True:
+        r = client.get("/v1/activity", params={"after": after, "limit": 2}, headers=tenant.headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        if not page["events"]:
+            return seen, after
+        seen += [e["request_id"] for e in page["events"]]
+        after = page["next_after"]
+
+
+def test_paging_the_feed_never_skips_an_event_committed_out_of_order(
+    api: Api, infra: Infra
+) -> None:
+    """An event whose transaction drew the smaller id but commits last still reaches a client
+    that paged along meanwhile: the feed holds back what younger transactions wrote until the
+    older ones have ended, instead of moving the client's cursor past the late event."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), staff=0, rooms=0)
+        _, after = page_all(client, tenant, "0.0")
+        insert = (
+            "INSERT INTO audit_events (tenant_id, actor, action, entity, request_id)"
+            " VALUES (%s, 'test', 'test.write', 'test', %s) RETURNING id"
+        )
+        with psycopg.connect(infra.admin_url) as slow, psycopg.connect(infra.admin_url) as quick:
+            (late_id,) = slow.execute(insert, (tenant.id, "late")).fetchone() or (0,)
+            (early_id,) = quick.execute(insert, (tenant.id, "early")).fetchone() or (0,)
+            quick.commit()
+            assert late_id < early_id  # the smaller id, still uncommitted
+            seen_while_open, after = page_all(client, tenant, after)
+            slow.commit()
+        seen_after, _ = page_all(client, tenant, after)
+    assert "late" not in seen_while_open
+    assert "early" not in seen_while_open  # held back behind the open transaction
+    assert [r for r in seen_while_open + seen_after if r in ("late", "early")] == ["late", "early"]
+
+
+def test_a_malformed_feed_cursor_is_refused(api: Api) -> None:
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), staff=0, rooms=0)
+        r = client.get("/v1/audit", params={"after": "12"}, headers=tenant.headers)
+    assert_problem(r, 400)

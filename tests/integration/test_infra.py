@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -341,5 +343,34 @@ def test_throwaway_is_cleaned_up_even_on_ctrl_c() -> None:
         assert all(_listening(port) for port in ports)
         assert set(Path(tempfile.gettempdir()).glob("slotwise-infra-*")) != folders_before
         raise KeyboardInterrupt
+    assert not any(_listening(port) for port in ports)
+    assert set(Path(tempfile.gettempdir()).glob("slotwise-infra-*")) == folders_before
+
+
+_HOLD_THROWAWAY = """
+import time
+from service.infra import throwaway
+with throwaway() as endpoints:
+    print(endpoints.admin_url, endpoints.redis_url, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_throwaway_is_cleaned_up_when_the_process_gets_sigterm() -> None:
+    """`kill`, `timeout` and CI runners stop a process with SIGTERM, whose default action
+    skips every `finally`: the servers of a throwaway pair must not outlive it."""
+    folders_before = set(Path(tempfile.gettempdir()).glob("slotwise-infra-*"))
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THROWAWAY], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            admin_url, redis_url = child.stdout.readline().split()
+            ports = (_port_of(admin_url), _port_of(redis_url))
+            assert all(_listening(port) for port in ports)
+            child.terminate()
+            child.wait(timeout=60)
+        finally:
+            child.kill()
     assert not any(_listening(port) for port in ports)
     assert set(Path(tempfile.gettempdir()).glob("slotwise-infra-*")) == folders_before
