@@ -414,14 +414,14 @@ class CatalogService:
         previous page; "0.0" to start). ``writes_only`` gives the activity feed: bookings,
         staff and service changes, queue assignments — no reads."""
         caller.require("read")
-        xact, _, event_id = after.partition(".")
+        xact, event_id = (int(part) for part in after.split("."))
+        if xact >= 2**64 or event_id >= 2**63:  # beyond xid8 and bigint
+            raise InvalidInput("after is not a cursor this feed gave out", field="after")
         async with self.db.transaction(caller.tenant) as conn:
-            events = await repo.audit_feed(
-                conn, (int(xact), int(event_id)), limit, writes_only, entity
-            )
+            events = await repo.audit_feed(conn, (xact, event_id), limit, writes_only, entity)
             await audit(conn, caller, "audit.read", "audit", None, request_id)
-        cursor = f"{events[-1]['xact']}.{events[-1]['id']}" if events else after
-        public = [_json_ready({k: v for k, v in e.items() if k != "xact"}) for e in events]
+        cursor = f"{events[-1]['cursor_xact']}.{events[-1]['id']}" if events else after
+        public = [_json_ready({k: v for k, v in e.items() if k != "cursor_xact"}) for e in events]
         return {"events": public, "next_after": cursor}
 
 

@@ -750,14 +750,25 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so a second one cannot cut a cleanup short."""
+    """Hold Ctrl-C (and SIGTERM, where `_terminate_as_interrupt` would have turned it into
+    one) until the block ends, so a second signal cannot cut a cleanup short: CI runners
+    send SIGINT, then SIGTERM seconds later."""
     interrupted: list[int] = []
+
+    def remember(signum: int, _frame: FrameType | None) -> None:
+        interrupted.append(signum)
+
+    signals = [signal.SIGINT]
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _interrupt):
+        signals.append(signal.SIGTERM)
     try:
-        with _handling(signal.SIGINT, lambda signum, _frame: interrupted.append(signum)):
+        with contextlib.ExitStack() as handlers:
+            for signum in signals:
+                handlers.enter_context(_handling(signum, remember))
             yield
     finally:
         if interrupted:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(f"signal {interrupted[0]}")
 
 
 @contextlib.contextmanager
@@ -765,14 +776,14 @@ def _handling(signum: int, handler: Callable[[int, FrameType | None], None]) -> 
     """`handler` handles `signum` within the block; the previous handler after it. Outside
     the main thread signals can't be handled, and the block just runs."""
     try:
-        previous = signal.signal(signum, handler)
+        previous, installed = signal.signal(signum, handler), True
     except ValueError:
-        yield
-        return
+        previous, installed = None, False
     try:
         yield
     finally:
-        signal.signal(signum, previous)
+        if installed:
+            signal.signal(signum, previous)
 
 
 # --- files and ports -----------------------------------------------------------------------------

@@ -743,9 +743,12 @@ async def audit_feed(
     if entity:
         where.append("entity = %s")
         params.append(entity)
+    # Ordered by the xid8 column itself: a bare `xact` in ORDER BY would name the text
+    # output column, and "100" sorts before "99".
     cur = await conn.execute(
-        "SELECT id, xact::text AS xact, at, actor, action, entity, entity_id, request_id, detail"
-        f" FROM audit_events WHERE {' AND '.join(where)} ORDER BY xact, id LIMIT %s",
+        "SELECT id, xact::text AS cursor_xact, at, actor, action, entity, entity_id, request_id,"
+        f" detail FROM audit_events WHERE {' AND '.join(where)}"
+        " ORDER BY audit_events.xact, audit_events.id LIMIT %s",
         [*params, limit],
     )
     return [dict(r) for r in await cur.fetchall()]

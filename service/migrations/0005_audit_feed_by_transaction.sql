@@ -8,3 +8,8 @@
 ALTER TABLE audit_events ADD COLUMN xact xid8 NOT NULL DEFAULT '0';
 ALTER TABLE audit_events ALTER COLUMN xact SET DEFAULT pg_current_xact_id();
 CREATE INDEX audit_events_feed ON audit_events (tenant_id, xact, id);
+-- Only the database sets the column: the service role may insert the event's own fields, not
+-- its id, time or transaction (an event given a far-off xact would hide from every feed).
+REVOKE INSERT ON audit_events FROM slotwise_app;
+GRANT INSERT (tenant_id, actor, action, entity, entity_id, request_id, detail)
+    ON audit_events TO slotwise_app;

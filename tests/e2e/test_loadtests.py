@@ -83,7 +83,8 @@ def test_sustained_traffic_with_a_flash_crowd_is_answered_and_verified(
     env = {**os.environ, "DATABASE_URL": infra.admin_url, "SLOTWISE_ADMIN_KEY": api.admin_key}
     argv = [SLOTWISE, "loadtest", "sustained", "--json", "--duration", "20", "--base-users", "3"]
     argv += ["--url", api.base_url, "--data", str(tmp_path)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
 
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["bench"] == "sustained"

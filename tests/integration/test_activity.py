@@ -358,8 +358,28 @@ def test_paging_the_feed_never_skips_an_event_committed_out_of_order(
     assert [r for r in seen_while_open + seen_after if r in ("late", "early")] == ["late", "early"]
 
 
+def test_the_feed_orders_transactions_by_number_not_by_their_digits(api: Api, infra: Infra) -> None:
+    """Transaction ids 99 and 100, one event a page: 99 comes first, and neither is lost or
+    shown twice (ordered as text, "100" would come before "99")."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), staff=0, rooms=0)
+        with psycopg.connect(infra.admin_url) as conn:
+            for xact, rid in (("100", "x100"), ("99", "x99")):
+                conn.execute(
+                    "INSERT INTO audit_events (tenant_id, actor, action, entity, request_id, xact)"
+                    " VALUES (%s, 'test', 'test.write', 'test', %s, %s::xid8)",
+                    (tenant.id, rid, xact),
+                )
+        seen, _ = page_all(client, tenant, "0.0")
+    assert [r for r in seen if r in ("x99", "x100")] == ["x99", "x100"]
+
+
 def test_a_malformed_feed_cursor_is_refused(api: Api) -> None:
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         tenant = make_tenant(client, api.admin_headers(), staff=0, rooms=0)
-        r = client.get("/v1/audit", params={"after": "12"}, headers=tenant.headers)
-    assert_problem(r, 400)
+        for cursor in ("12", "1.2.3", "-1.0"):  # not the cursor's shape
+            r = client.get("/v1/audit", params={"after": cursor}, headers=tenant.headers)
+            assert_problem(r, 400)
+        for cursor in (f"{2**64}.0", f"0.{2**63}"):  # beyond a transaction id, an event id
+            r = client.get("/v1/audit", params={"after": cursor}, headers=tenant.headers)
+            assert assert_problem(r, 422, "invalid-input")["field"] == "after"
