@@ -743,8 +743,8 @@ async def audit_feed(
     if entity:
         where.append("entity = %s")
         params.append(entity)
-    # Ordered by the xid8 column itself: a bare `xact` in ORDER BY would name the text
-    # output column, and "100" sorts before "99".
+    # Qualified, so the sort is by the xid8 column: in ORDER BY an output column of the same
+    # name (as text) would win, and "100" sorts before "99".
     cur = await conn.execute(
         "SELECT id, xact::text AS cursor_xact, at, actor, action, entity, entity_id, request_id,"
         f" detail FROM audit_events WHERE {' AND '.join(where)}"
