@@ -660,18 +660,16 @@ class BookingService:
                         return replay
                     record = catalog.service(service_id)
                     chosen = await self.plan(conn, caller.tenant, catalog, record, start, pins, now)
-                    calendars = await self.locked_calendars(
-                        conn, catalog, record, start, chosen, exclude=()
-                    )
-                    booking, created_at = await self.book_checked(
+                    booking, created_at = await self.book_locked(
                         conn,
                         caller,
+                        catalog,
                         record,
-                        calendars,
                         start,
                         chosen,
                         now,
                         customer,
+                        exclude=(),
                         replan=attempt < attempts,
                     )
                     body = await self._acknowledge(
@@ -752,13 +750,23 @@ class BookingService:
         customer: str,
         exclude: Sequence[str],
         rescheduled_from: str | None = None,
-    ) -> repo.NewBooking:
-        """Lock the assigned resources, re-check everything under the lock, insert."""
+        replan: bool = False,
+    ) -> tuple[repo.NewBooking, datetime]:
+        """Lock the assigned resources, re-check everything under the lock, insert: the
+        booking and its `created_at` (see `book_checked` for ``replan``)."""
         calendars = await self.locked_calendars(conn, catalog, record, start, assignment, exclude)
-        booking, _ = await self.book_checked(
-            conn, caller, record, calendars, start, assignment, now, customer, rescheduled_from
+        return await self.book_checked(
+            conn,
+            caller,
+            record,
+            calendars,
+            start,
+            assignment,
+            now,
+            customer,
+            rescheduled_from,
+            replan=replan,
         )
-        return booking
 
     async def locked_calendars(
         self,
@@ -800,17 +808,15 @@ class BookingService:
         verdict = explain(service, calendars, start, now, record.rules)
         if not isinstance(verdict, Offered):
             raise _StalePlan() if replan else refuse(verdict)
-        booking = replace(
-            _new_booking(
-                record,
-                calendars,
-                start,
-                verdict.assignment,
-                customer,
-                caller.key_id,
-                rescheduled_from,
-            ),
-            hold_nonce=hold_nonce,
+        booking = _new_booking(
+            record,
+            calendars,
+            start,
+            verdict.assignment,
+            customer,
+            caller.key_id,
+            rescheduled_from,
+            hold_nonce,
         )
         return booking, await self._insert(conn, caller.tenant, [booking])
 
@@ -963,7 +969,7 @@ class BookingService:
             # kinds are taken sorted, and re-locking what this transaction holds is a no-op.
             await self.lock(conn, [*current, *(rid for _, rid in assignment)])
             await repo.cancel_bookings(conn, [booking_id])
-            new = await self.book_locked(
+            new, created_at = await self.book_locked(
                 conn,
                 caller,
                 catalog,
@@ -975,7 +981,7 @@ class BookingService:
                 exclude=[booking_id],
                 rescheduled_from=booking_id,
             )
-            body = _booking_json(await repo.get_booking(conn, new.id))
+            body = _booking_json(repo.inserted_row(new, created_at))
             await remember(conn, caller.tenant, idem, 201, body)
             await audit(
                 conn,
@@ -1308,6 +1314,7 @@ def _new_booking(
     customer: str,
     created_by: str,
     rescheduled_from: str | None = None,
+    hold_nonce: str | None = None,
 ) -> repo.NewBooking:
     service = record.service
     footprint = service.footprint(start)
@@ -1324,6 +1331,7 @@ def _new_booking(
         ),
         minutes=int(service.duration.total_seconds() // 60),
         rescheduled_from=rescheduled_from,
+        hold_nonce=hold_nonce,
     )
 
 

@@ -235,7 +235,7 @@ class QueueService:
                 now,
                 own_holds=[_offer_nonce(entry_id)],
             )
-            booking = await self.booking.book_locked(
+            booking, _ = await self.booking.book_locked(
                 conn, caller, catalog, record, start, assignment, now, entry["customer"], exclude=()
             )
             await _mark_assigned(conn, entry_id, booking.id)
@@ -381,7 +381,7 @@ class QueueService:
                 raise RuleViolation("no longer waiting")
             catalog = await self.booking.catalogs.get(conn, caller.tenant)
             record = catalog.service(entry["service_id"])
-            booking = await self.booking.book_locked(
+            booking, _ = await self.booking.book_locked(
                 conn, caller, catalog, record, start, resources, now, entry["customer"], exclude=()
             )
             await _mark_assigned(conn, entry_id, booking.id)

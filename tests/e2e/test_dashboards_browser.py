@@ -21,9 +21,9 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from dashboards.views import PAGES
-from simulation import demo, dst
-from simulation.service_replay import Target
+from simulation import dst
 from simulation.synthetic import TENANTS, generate
+from tests.e2e.test_demo import small_demo
 from tests.integration.conftest import Api, Infra
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -197,16 +197,7 @@ def test_pages_render_what_the_demo_and_the_dst_sweep_really_wrote(
     real DST sweep, as the analysts will open them."""
     # On a thread of its own: Playwright's sync API keeps an event loop running on this one.
     with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        result = thread.submit(
-            demo.run,
-            seed=5,
-            tenants=2,
-            days=1,
-            data_dir=tmp_path,
-            concurrency=8,
-            target=Target(api.base_url, api.admin_key, infra.admin_url),
-            quiet=True,
-        ).result()
+        result = thread.submit(small_demo, api, infra, tmp_path, 5).result()
     dst.run(2024, 2024, data_dir=tmp_path, names=["America/New_York", "Australia/Lord_Howe"])
     with _serving(tmp_path, empty=False) as served:
         for path, title, _ in PAGES:

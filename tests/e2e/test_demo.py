@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -19,16 +20,21 @@ SELECT count(*) FROM bookings a JOIN bookings b
 """
 
 
-def test_demo_writes_a_consistent_run(api: Api, infra: Infra, tmp_path: Path) -> None:
-    result = demo.run(
-        seed=3,
+def small_demo(api: Api, infra: Infra, data_dir: Path, seed: int) -> dict[str, Any]:
+    """A real `slotwise demo` run, kept small (two tenants, one day), through the live API."""
+    return demo.run(
+        seed=seed,
         tenants=2,
         days=1,
-        data_dir=tmp_path,
+        data_dir=data_dir,
         concurrency=8,
         target=Target(api.base_url, api.admin_key, infra.admin_url),
         quiet=True,
     )
+
+
+def test_demo_writes_a_consistent_run(api: Api, infra: Infra, tmp_path: Path) -> None:
+    result = small_demo(api, infra, tmp_path, seed=3)
     run_id = result["run_id"]
     assert run_id == "demo-s3-t2-d1"
     with duckdb.connect(str(tmp_path / "slotwise.duckdb"), read_only=True) as con:
