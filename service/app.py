@@ -879,8 +879,8 @@ def create_app(config: AppConfig) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await Database.open(config.app_database_url, config.pool_min, config.pool_max)
-        redis = valkey_client(config.redis_url)
-        holds = RedisHoldStore(redis)
+        valkey = valkey_client(config.redis_url)
+        holds = RedisHoldStore(valkey)
         app.state.authenticator = Authenticator(db, config.admin_key, config.auth_cache_seconds)
         app.state.booking = BookingService(
             db,
@@ -895,7 +895,7 @@ def create_app(config: AppConfig) -> Litestar:
         try:
             yield
         finally:
-            await redis.aclose()
+            await valkey.aclose()
             await db.close()
 
     return Litestar(

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
-
 from service.errors import Forbidden, HoldExpired, InvalidInput
+from service.valkey import Script, Valkey, ValkeyError
 
 # The suffix of a resource-set member whose hold was confirmed and is kept (see _KEEP).
 _BOOKED = b":b"
@@ -37,25 +35,13 @@ class HoldStoreDown(ConnectionError):
     """Redis/Valkey could not be reached; callers degrade to the database layers."""
 
 
-def valkey_client(url: str, *, connections: int = 64, wait_s: float = 5.0) -> Redis:
-    """One worker's Valkey client.
-
-    Its pool waits for a free connection. redis-py's default pool refuses outright once 100
-    are in use ("Too many connections"), and in a burst of thousands of concurrent holds that
-    refusal degraded about a fifth of them while Valkey itself sat idle. A wait longer than
-    ``wait_s`` counts as Valkey being down. The socket timeouts are 2 s, not less: they are
-    measured by an event loop that thousands of requests in flight keep busy, and at 0.5 s
-    a 10,000-request burst timed out (and reconnected) on a healthy Valkey. Callers inside
-    a transaction set a tighter deadline of their own (`BookingService.plan`)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=connections,
-        timeout=wait_s,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        retry_on_timeout=False,
-    )
-    return Redis.from_pool(pool)
+def valkey_client(url: str) -> Valkey:
+    """One worker's Valkey client: one pipelined connection (`service.valkey`). A wait of more
+    than 2 s for an answer counts as Valkey being down; it is measured by an event loop that
+    thousands of requests in flight keep busy, and at 0.5 s a 10,000-request burst timed out
+    on a healthy Valkey. Callers inside a transaction set a tighter deadline of their own
+    (`BookingService.plan`)."""
+    return Valkey.from_url(url, timeout_s=2.0, connect_timeout_s=2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +113,7 @@ for i = 2, #KEYS do
   end
 end
 """
-_ACQUIRE = (
+_ACQUIRE = Script(
     _FIND_CLASH
     + """
 redis.call('SET', KEYS[1], '1', 'PX', ttl)
@@ -141,29 +127,29 @@ return 0
 )
 
 # KEYS: hold key, resource sets. ARGV: ttl_ms. Only a live hold can be extended.
-_EXTEND = """
+_EXTEND = Script("""
 local ttl = tonumber(ARGV[1])
 if redis.call('PEXPIRE', KEYS[1], ttl) == 0 then return 0 end
 for i = 2, #KEYS do
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
-"""
+""")
 
 # KEYS: hold key, resource sets. ARGV: members to remove, one per resource set (as held, or
 # as kept after its booking: see _KEEP).
-_RELEASE = """
+_RELEASE = Script("""
 local BOOKED = ':b'
 local existed = redis.call('DEL', KEYS[1])
 for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[i - 1], ARGV[i - 1] .. BOOKED) end
 return existed
-"""
+""")
 
 # KEYS: hold key, resource sets. ARGV: ttl_ms, then the members, one per resource set. A hold
 # kept after its booking still refuses overlapping holds (the acquire script reads every
 # member), but its members are marked, so `live_claims` (availability) can skip them unread:
 # that time is booked, and PostgreSQL already says so.
-_KEEP = """
+_KEEP = Script("""
 local BOOKED = ':b'
 if redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) == 0 then return 0 end
 for i = 2, #KEYS do
@@ -176,18 +162,14 @@ for i = 2, #KEYS do
   end
 end
 return 1
-"""
+""")
 
 
 class RedisHoldStore:
     """The `HoldStore` on Valkey/Redis."""
 
-    def __init__(self, client: Redis) -> None:
-        self._redis = client
-        self._acquire = client.register_script(_ACQUIRE)
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
-        self._keep = client.register_script(_KEEP)
+    def __init__(self, client: Valkey) -> None:
+        self._valkey = client
 
     @staticmethod
     def _prefix(tenant_id: str) -> str:
@@ -203,7 +185,7 @@ class RedisHoldStore:
         args: list[Any] = [_ms(ttl), _ms(MAX_FOOTPRINT), self._prefix(tenant_id) + "hold:", nonce]
         for claim in claims:
             args += [claim.start_ms, claim.end_ms]
-        result = await self._call(self._acquire, self._keys(tenant_id, nonce, claims), args)
+        result = await self._call(_ACQUIRE, self._keys(tenant_id, nonce, claims), args)
         if result == 0:
             return None
         index, lo, hi = result
@@ -212,13 +194,11 @@ class RedisHoldStore:
     async def extend(
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
     ) -> bool:
-        return bool(
-            await self._call(self._extend, self._keys(tenant_id, nonce, claims), [_ms(ttl)])
-        )
+        return bool(await self._call(_EXTEND, self._keys(tenant_id, nonce, claims), [_ms(ttl)]))
 
     async def release(self, tenant_id: str, nonce: str, claims: Sequence[Claim]) -> bool:
         members = [f"{nonce}:{c.start_ms}:{c.end_ms}" for c in claims]
-        return bool(await self._call(self._release, self._keys(tenant_id, nonce, claims), members))
+        return bool(await self._call(_RELEASE, self._keys(tenant_id, nonce, claims), members))
 
     async def keep(
         self, tenant_id: str, nonce: str, claims: Sequence[Claim], ttl: timedelta
@@ -226,7 +206,7 @@ class RedisHoldStore:
         """Keep a confirmed hold for ``ttl`` more, as time that is booked (see `_KEEP`)."""
         members = [f"{nonce}:{c.start_ms}:{c.end_ms}" for c in claims]
         keys = self._keys(tenant_id, nonce, claims)
-        return bool(await self._call(self._keep, keys, [_ms(ttl), *members]))
+        return bool(await self._call(_KEEP, keys, [_ms(ttl), *members]))
 
     async def live_claims(
         self, tenant_id: str, resource_ids: Sequence[str], start_ms: int, end_ms: int
@@ -234,12 +214,17 @@ class RedisHoldStore:
         """Per resource, (start_ms, end_ms, nonce) of live holds overlapping the window."""
         prefix = self._prefix(tenant_id)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for rid in resource_ids:
-                    pipe.zrangebyscore(
-                        prefix + "res:" + rid, start_ms - _ms(MAX_FOOTPRINT), f"({end_ms}"
+            members: list[list[bytes]] = await self._valkey.pipeline(
+                [
+                    (
+                        "ZRANGEBYSCORE",
+                        prefix + "res:" + rid,
+                        start_ms - _ms(MAX_FOOTPRINT),
+                        f"({end_ms}",
                     )
-                members: list[list[bytes]] = await pipe.execute()
+                    for rid in resource_ids
+                ]
+            )
             parsed = {  # kept holds of confirmed bookings are booked time, not holds
                 rid: [_parse_member(m) for m in found if not m.endswith(_BOOKED)]
                 for rid, found in zip(resource_ids, members, strict=True)
@@ -247,8 +232,8 @@ class RedisHoldStore:
             nonces = sorted({n for claims in parsed.values() for _, _, n in claims})
             if not nonces:
                 return {}
-            alive = await self._redis.mget([prefix + "hold:" + n for n in nonces])
-        except (redis_errors.RedisError, OSError) as exc:  # any failure: degrade, never 500
+            alive = await self._valkey.call("MGET", *(prefix + "hold:" + n for n in nonces))
+        except ValkeyError as exc:  # any failure: degrade, never 500
             raise HoldStoreDown(str(exc)) from exc
         live = {n for n, value in zip(nonces, alive, strict=True) if value is not None}
         return {
@@ -257,10 +242,10 @@ class RedisHoldStore:
             if any(n in live for _, _, n in claims)
         }
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
-        except (redis_errors.RedisError, OSError) as exc:  # any failure: degrade, never 500
+            return await self._valkey.run(script, keys, args)
+        except ValkeyError as exc:  # any failure: degrade, never 500
             raise HoldStoreDown(str(exc)) from exc
 
 
