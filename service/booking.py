@@ -53,7 +53,7 @@ from engine.timezones import local_date, to_local
 from service import repository as repo
 from service.audit_batch import BatchedAudit
 from service.auth import Caller
-from service.db import Conn, Database, Idempotency, audit, begin_claim, claim, remember
+from service.db import Conn, Database, Idempotency, acknowledge, audit, begin_claim, claim, remember
 from service.errors import (
     CapacityExceeded,
     InvalidInput,
@@ -214,7 +214,7 @@ class BookingService:
         self.limits = limits
         self.strategy = strategy
         self.catalogs = repo.CatalogCache()
-        self.refusals = BatchedAudit(db)
+        self.batched_audit = BatchedAudit(db)
         self._catalog_loads: SingleFlight[str, repo.Catalog] = SingleFlight()
 
     # --- reads ---------------------------------------------------------------------------------
@@ -370,9 +370,11 @@ class BookingService:
                 return record, service, calendars
 
             _, (record, service, calendars) = await self.catalogs.read(conn, caller.tenant, reads)
-            await audit(
-                conn, caller, action, "service", service_id, request_id, {"start": iso(start)}
-            )
+        # The read writes nothing: its event goes through the batched writer, and the
+        # transaction stays read-only (no commit of its own to flush on a durable server).
+        await self.batched_audit.append(
+            caller, action, "service", service_id, request_id, {"start": iso(start)}
+        )
         return record, service, calendars
 
     async def _plan_and_hold(
@@ -453,7 +455,7 @@ class BookingService:
             return None
         if clash is None:
             return claims
-        version = await self.refusals.append(
+        version = await self.batched_audit.append(
             caller,
             "hold.create",
             "service",
@@ -693,10 +695,11 @@ class BookingService:
     ) -> dict[str, Any]:
         """The 201 body of a booking just inserted, kept for its Idempotency-Key, audited."""
         body = _booking_json(repo.inserted_row(booking, created_at))
-        await remember(conn, caller.tenant, idem, 201, body)
-        await audit(
+        await acknowledge(
             conn,
             caller,
+            idem,
+            (201, body),
             "booking.create",
             "booking",
             booking.id,
@@ -982,10 +985,11 @@ class BookingService:
                 rescheduled_from=booking_id,
             )
             body = _booking_json(repo.inserted_row(new, created_at))
-            await remember(conn, caller.tenant, idem, 201, body)
-            await audit(
+            await acknowledge(
                 conn,
                 caller,
+                idem,
+                (201, body),
                 "booking.reschedule",
                 "booking",
                 new.id,
@@ -1136,10 +1140,11 @@ class BookingService:
             await self._insert(conn, caller.tenant, bookings)
             body = await repo.get_series(conn, series_id)
             body = _series_json(body)
-            await remember(conn, caller.tenant, idem, 201, body)
-            await audit(
+            await acknowledge(
                 conn,
                 caller,
+                idem,
+                (201, body),
                 "series.create",
                 "series",
                 series_id,
@@ -1170,10 +1175,11 @@ class BookingService:
             await repo.get_series(conn, series_id)
             cancelled = await repo.cancel_series(conn, series_id, now)
             body = _series_json(await repo.get_series(conn, series_id))
-            await remember(conn, caller.tenant, idem, 200, body)
-            await audit(
+            await acknowledge(
                 conn,
                 caller,
+                idem,
+                (200, body),
                 "series.cancel",
                 "series",
                 series_id,

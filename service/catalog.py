@@ -18,7 +18,7 @@ from engine.recurrence import Series
 from engine.timezones import zone as check_zone
 from service import repository as repo
 from service.auth import ALL_SCOPES, SCOPES, Caller, new_key
-from service.db import Database, Idempotency, audit, claim, remember
+from service.db import Database, Idempotency, acknowledge, audit, claim, remember
 from service.errors import Forbidden, IdempotencyInFlight, InvalidInput, NotFound
 
 _TENANT_NAMESPACE = uuid.UUID("6f1d8a52-3c1e-4f0e-9a55-5b0f0f5e7a11")
@@ -202,8 +202,9 @@ class CatalogService:
                 conn, caller.tenant, key_id, key.prefix, key.secret_hash, sorted(set(scopes)), name
             )
             body = {"id": key_id, "name": name, "scopes": sorted(set(scopes))}
-            await remember(conn, caller.tenant, idem, 201, body)
-            await audit(conn, caller, "api_key.create", "api_key", key_id, request_id)
+            await acknowledge(
+                conn, caller, idem, (201, body), "api_key.create", "api_key", key_id, request_id
+            )
         return 201, {**body, "token": key.token}
 
     async def list_keys(self, caller: Caller, request_id: str | None) -> list[dict[str, Any]]:
@@ -250,9 +251,16 @@ class CatalogService:
                     hours.get("rrule"),
                 )
             resource = _json_ready(await repo.get_resource(conn, rid))
-            await remember(conn, caller.tenant, idem, 201, resource)
-            await audit(
-                conn, caller, "resource.create", "resource", rid, request_id, {"kind": body["kind"]}
+            await acknowledge(
+                conn,
+                caller,
+                idem,
+                (201, resource),
+                "resource.create",
+                "resource",
+                rid,
+                request_id,
+                {"kind": body["kind"]},
             )
         return 201, resource
 
@@ -303,8 +311,9 @@ class CatalogService:
                 body.get("rrule"),
             )
             out = _json_ready(await repo.get_resource(conn, rid))
-            await remember(conn, caller.tenant, idem, 201, out)
-            await audit(conn, caller, "resource.hours.add", "resource", rid, request_id)
+            await acknowledge(
+                conn, caller, idem, (201, out), "resource.hours.add", "resource", rid, request_id
+            )
         return 201, out
 
     async def add_exception(
@@ -325,10 +334,11 @@ class CatalogService:
             await repo.get_resource(conn, rid)
             eid = await repo.insert_exception(conn, caller.tenant, rid, kind, interval, note)
             out = _json_ready(await repo.get_resource(conn, rid))
-            await remember(conn, caller.tenant, idem, 201, out)
-            await audit(
+            await acknowledge(
                 conn,
                 caller,
+                idem,
+                (201, out),
                 "resource.exception.add",
                 "resource",
                 rid,
@@ -382,8 +392,9 @@ class CatalogService:
                 conn, caller.tenant, sid, {**body, "requirements": requirements, "rules": rules}
             )
             out = (await repo.get_service(conn, sid)).public()
-            await remember(conn, caller.tenant, idem, 201, out)
-            await audit(conn, caller, "service.create", "service", sid, request_id)
+            await acknowledge(
+                conn, caller, idem, (201, out), "service.create", "service", sid, request_id
+            )
         return 201, out
 
     async def get_service(self, caller: Caller, sid: str, request_id: str | None) -> dict[str, Any]:

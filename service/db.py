@@ -154,11 +154,7 @@ async def remember(
     conn: Conn, tenant_id: str, idem: Idempotency | None, status: int, body: Any
 ) -> None:
     if idem is not None:
-        await conn.execute(
-            "UPDATE idempotency_keys SET status = %s, response = %s"
-            " WHERE tenant_id = %s AND key = %s",
-            (status, json.dumps(body, default=str), tenant_id, idem.key),
-        )
+        await conn.execute(_REMEMBER, (status, json.dumps(body, default=str), tenant_id, idem.key))
 
 
 async def audit(
@@ -173,15 +169,63 @@ async def audit(
 ) -> None:
     """Append one audit event in the current transaction (it commits or vanishes with it)."""
     await conn.execute(
-        "INSERT INTO audit_events (tenant_id, actor, action, entity, entity_id, request_id, detail)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        _AUDIT, _audit_row(caller, action, entity, entity_id, request_id, detail, tenant_id)
+    )
+
+
+async def acknowledge(
+    conn: Conn,
+    caller: Caller,
+    idem: Idempotency | None,
+    answer: tuple[int, Any],
+    action: str,
+    entity: str,
+    entity_id: str | None = None,
+    request_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """A write's last two steps, `remember` its answer and `audit` it, as one statement: a
+    statement less costs a booking about 0.1 ms of PostgreSQL's CPU and as much of ours."""
+    if idem is None:
+        await audit(conn, caller, action, entity, entity_id, request_id, detail)
+        return
+    status, body = answer
+    await conn.execute(
+        f"WITH remembered AS ({_REMEMBER}) {_AUDIT}",
         (
-            tenant_id or caller.tenant,
-            caller.key_id,
-            action,
-            entity,
-            entity_id,
-            request_id,
-            json.dumps(detail or {}, default=str),
+            status,
+            json.dumps(body, default=str),
+            caller.tenant,
+            idem.key,
+            *_audit_row(caller, action, entity, entity_id, request_id, detail, None),
         ),
+    )
+
+
+_REMEMBER = (
+    "UPDATE idempotency_keys SET status = %s, response = %s WHERE tenant_id = %s AND key = %s"
+)
+_AUDIT = (
+    "INSERT INTO audit_events (tenant_id, actor, action, entity, entity_id, request_id, detail)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def _audit_row(
+    caller: Caller,
+    action: str,
+    entity: str,
+    entity_id: str | None,
+    request_id: str | None,
+    detail: dict[str, Any] | None,
+    tenant_id: str | None,
+) -> tuple[Any, ...]:
+    return (
+        tenant_id or caller.tenant,
+        caller.key_id,
+        action,
+        entity,
+        entity_id,
+        request_id,
+        json.dumps(detail or {}, default=str),
     )

@@ -30,7 +30,7 @@ from engine.slots import NoQualifiedResource, Offered, explain, grid
 from service import repository as repo
 from service.auth import Caller
 from service.booking import BookingService, claims_over, iso
-from service.db import Conn, Idempotency, audit, claim, remember
+from service.db import Conn, Idempotency, acknowledge, audit, claim
 from service.errors import InvalidInput, NotFound, RuleViolation, ServiceError
 from service.holds import HoldStoreDown
 
@@ -135,8 +135,9 @@ class QueueService:
                 ),
             )
             out = entry_json(await _entry(conn, entry_id))
-            await remember(conn, caller.tenant, idem, 201, out)
-            await audit(conn, caller, "queue.enqueue", "queue_entry", entry_id, request_id)
+            await acknowledge(
+                conn, caller, idem, (201, out), "queue.enqueue", "queue_entry", entry_id, request_id
+            )
         return 201, out
 
     async def list_entries(
@@ -191,8 +192,16 @@ class QueueService:
                 "UPDATE queue_entries SET status = 'withdrawn' WHERE id = %s", (entry_id,)
             )
             out = entry_json(await _entry(conn, entry_id))
-            await remember(conn, caller.tenant, idem, 200, out)
-            await audit(conn, caller, "queue.withdraw", "queue_entry", entry_id, request_id)
+            await acknowledge(
+                conn,
+                caller,
+                idem,
+                (200, out),
+                "queue.withdraw",
+                "queue_entry",
+                entry_id,
+                request_id,
+            )
         await self._release_offer(caller.tenant, entry_id)  # its offered slot goes public again
         return 200, out
 
@@ -240,10 +249,11 @@ class QueueService:
             )
             await _mark_assigned(conn, entry_id, booking.id)
             out = {"entry": entry_json(await _entry(conn, entry_id)), "booking_id": booking.id}
-            await remember(conn, caller.tenant, idem, 201, out)
-            await audit(
+            await acknowledge(
                 conn,
                 caller,
+                idem,
+                (201, out),
                 "queue.assign",
                 "queue_entry",
                 entry_id,
