@@ -3,8 +3,8 @@
 A hold refused by Valkey reads nothing from PostgreSQL, yet its audit event must be stored
 before the 409 leaves. Giving each refusal a transaction of its own would put back the
 database load that refusing in Valkey saves (in a rush on one hot slot, thousands of losers).
-A hold taken (and a "why not") reads the slot in a transaction; its event comes here too, so
-that transaction stays read-only: a statement less, and no commit of its own to flush.
+A hold taken, extended or released (and a "why not") only reads in its transaction; its event
+comes here too, so that transaction writes nothing: a statement less, no commit to flush.
 So events queue here: while one batch commits, the next gathers; each batch is one INSERT
 per tenant (RLS binds every insert to the transaction's tenant). Batches start at most one
 `gather_s` apart: a commit is quicker than the gaps between refusals, and without the spacing

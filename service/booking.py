@@ -524,19 +524,19 @@ class BookingService:
     async def _footprint_of(
         self, caller: Caller, hold: Hold, action: str, request_id: str | None
     ) -> Interval:
-        """The hold's buffered footprint, from the current catalog; ``action`` is audited."""
+        """The hold's buffered footprint, from the current catalog; ``action`` is audited
+        (batched, like every hold's: see `_one_start`)."""
         async with self.db.transaction(hold.tenant_id) as conn:
             catalog = await self.catalogs.get(conn, hold.tenant_id)
             record = catalog.service(hold.service_id)
-            await audit(
-                conn,
-                caller,
-                action,
-                "service",
-                hold.service_id,
-                request_id,
-                {"start": iso(hold.start), "hold": hold.nonce},
-            )
+        await self.batched_audit.append(
+            caller,
+            action,
+            "service",
+            hold.service_id,
+            request_id,
+            {"start": iso(hold.start), "hold": hold.nonce},
+        )
         return record.service.footprint(hold.start)
 
     async def _linger(self, hold: Hold, footprint: Interval) -> None:
