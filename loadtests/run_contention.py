@@ -258,6 +258,8 @@ def _line(
         "wall_s": summary["wall_s"],
         "double_bookings": summary["double_bookings"],
         "lost_acks": summary["lost_acks"],
+        "hot_slot_violations": summary["hot_slot_violations"],
+        "unacknowledged": summary["unacknowledged"],
         "contention_metric": CONTENTION_METRIC,
     }
     pessimistic = next((e for e in earlier if e["strategy"] == "pessimistic"), None)

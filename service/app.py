@@ -179,6 +179,16 @@ IdemKey = Annotated[
 FeedCursor = Annotated[str, QueryParameter(pattern=r"^[0-9]{1,20}\.[0-9]{1,19}$")]
 
 
+def refuse_retired_cursor(request: Request[Any, Any, State]) -> None:
+    """The feeds paged by `after_id` once. Ignored, it would hand an old client the first
+    page again and again; refused, it says what replaced it."""
+    if "after_id" in request.query_params:
+        raise InvalidInput(
+            "after_id is retired: pass the previous page's next_after as after",
+            field="after_id",
+        )
+
+
 def idem(key: str | None, request: Request[Any, Any, State], body: Any) -> Idempotency | None:
     if key is None:  # most requests: no fingerprint to compute
         return None
@@ -669,6 +679,7 @@ async def audit_feed(
     """The tenant's audit trail (every read and write), oldest first: pass each page's
     `next_after` as `after` for the next. An event shows once the transactions older than
     its own have all ended, so a client paging along never skips one."""
+    refuse_retired_cursor(request)
     return await catalog(request).audit_feed(caller, after, limit, False, None, request_id)
 
 
@@ -684,6 +695,7 @@ async def activity_feed(
     """What happened: appointments, staff and service changes, queue assignments (no reads),
     oldest first, paged like `/v1/audit`; `entity` narrows it (booking, resource,
     queue_entry...)."""
+    refuse_retired_cursor(request)
     return await catalog(request).audit_feed(caller, after, limit, True, entity, request_id)
 
 

@@ -17,6 +17,7 @@ import httpx
 import psycopg
 
 from loadtests import verifier
+from loadtests.cli import broken
 from loadtests.run_contention import ContentionParams
 from loadtests.run_contention import run as contention
 from loadtests.run_sustained import stages
@@ -266,6 +267,8 @@ def test_a_short_contention_study(tmp_path: Path) -> None:
     for line in lines:
         assert line["answered"] == line["attempts"] == 120
         assert line["errors"] == line["double_bookings"] == line["lost_acks"] == 0
+        assert line["hot_slot_violations"] == line["unacknowledged"] == 0
+        assert not broken(line)
         assert line["db_transactions"] >= line["confirmed"] > 0
         assert line["transactions_per_success"] >= 1
         assert line["constraint_violations"] == line["conflicts_by_layer"]["constraint"]

@@ -383,3 +383,14 @@ def test_a_malformed_feed_cursor_is_refused(api: Api) -> None:
         for cursor in (f"{2**64}.0", f"0.{2**63}"):  # beyond a transaction id, an event id
             r = client.get("/v1/audit", params={"after": cursor}, headers=tenant.headers)
             assert assert_problem(r, 422, "invalid-input")["field"] == "after"
+
+
+def test_the_retired_cursor_is_refused_not_ignored(api: Api) -> None:
+    """Ignored, `after_id` would hand a client that pages by it the first page forever."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), staff=0, rooms=0)
+        for feed in ("/v1/audit", "/v1/activity"):
+            r = client.get(feed, params={"after_id": "5"}, headers=tenant.headers)
+            problem = assert_problem(r, 422, "invalid-input")
+            assert problem["field"] == "after_id"
+            assert "next_after" in problem["detail"]
