@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import uvloop
 from redis import Redis as SyncRedis
 
 from service.valkey import (
@@ -128,7 +129,7 @@ def test_a_killed_connection_fails_what_it_carried_and_the_next_command_reconnec
         await asyncio.sleep(0.1)
         with SyncRedis.from_url(infra.redis_url) as admin:
             admin.execute_command("CLIENT", "KILL", "ID", _client_id(admin, name))
-        with pytest.raises(ValkeyUnavailable, match="lost"):
+        with pytest.raises(ValkeyUnavailable, match=r"closed the connection|lost"):
             await blocked
         assert await v.call("PING") == b"PONG"
 
@@ -172,3 +173,61 @@ def _client_id(admin: SyncRedis, name: str) -> str:
         if fields.get("name") == name:
             return fields["id"]
     raise AssertionError(f"no client named {name}")
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["before-the-write", "after-the-write"])
+@pytest.mark.parametrize("runner", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_loop_too_busy_to_read_the_reply_is_not_taken_for_a_dead_server(
+    infra: Infra, runner: Callable[[Awaitable[Any]], Any], written: bool
+) -> None:
+    """The loop is blocked for longer than the timeout between a command's send and its write,
+    or right after the write (the reply then waits unread in the socket). Neither is Valkey's
+    delay: the watchdog must not fail the connection and every command on it."""
+
+    async def scenario() -> Any:
+        v = Valkey.from_url(infra.redis_url, timeout_s=0.3)
+        try:
+            await v.call("PING")
+            ping = asyncio.ensure_future(v.call("PING"))
+            if written:
+                await asyncio.sleep(0)  # sent; written at the start of the next iteration
+            # Queued behind the PING's send; before its write, unless that came first.
+            asyncio.get_running_loop().call_soon(time.sleep, 0.6)
+            return await ping
+        finally:
+            await v.aclose()
+
+    assert runner(scenario()) == b"PONG"
+
+
+def test_a_connection_the_server_closed_is_replaced_at_once(infra: Infra) -> None:
+    """Between the server's EOF and `connection_lost` (an iteration later), a command must
+    not be handed to the dying connection: it connects anew."""
+    name = "vk-" + secrets.token_hex(4)
+
+    async def scenario(v: Valkey) -> None:
+        await v.call("CLIENT", "SETNAME", name)
+        connection = v._connection  # the internals, to stop inside that one iteration
+        assert connection is not None
+        with SyncRedis.from_url(infra.redis_url) as admin:
+            admin.execute_command("CLIENT", "KILL", "ID", _client_id(admin, name))
+        while not (connection.closed or connection._transport.is_closing()):  # type: ignore[union-attr]
+            await asyncio.sleep(0)
+        assert await v.call("PING") == b"PONG"
+
+    with_client(infra.redis_url, scenario)
+
+
+def test_a_closed_client_fails_every_command_and_stays_closed(infra: Infra) -> None:
+    async def scenario() -> None:
+        v = Valkey.from_url(infra.redis_url)
+        connecting = asyncio.ensure_future(v.call("PING"))
+        await asyncio.sleep(0)  # its connection attempt is under way
+        await v.aclose()
+        with pytest.raises(ValkeyUnavailable):  # not the attempt's cancellation
+            await connecting
+        with pytest.raises(ValkeyUnavailable, match="closed"):
+            await v.call("PING")
+        assert v._connection is None and v._connecting is None  # nothing reopened
+
+    asyncio.run(scenario())
