@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
+from psycopg.rows import tuple_row
+
 from engine.calendar import ResourceCalendar
 from engine.intervals import Interval
 from engine.model import Busy, BusyKind, Requirement, Resource, ResourceKind, Rules, Service
@@ -461,7 +463,10 @@ async def load_calendars(
         return {}
     ids = list(resources)
     busy: dict[str, list[Busy]] = {rid: [] for rid in ids}
-    cur = await conn.execute(
+    # Tuples, not dicts: a window of weeks is thousands of rows (dict rows cost ~6% of such
+    # an availability request).
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
         "SELECT resource_id::text AS rid, kind, lower(during) AS lo, upper(during) AS hi,"
         " id::text AS ref, NULL::integer AS minutes"
         " FROM resource_exceptions WHERE resource_id = ANY(%(ids)s::uuid[])"
@@ -494,15 +499,8 @@ async def load_calendars(
             " GROUP BY 1, 2",
             (limited, first, last, list(exclude)),
         )
-    for row in await cur.fetchall():
-        busy[row["rid"]].append(
-            Busy(
-                Interval(row["lo"], row["hi"]),
-                row["ref"],
-                _BUSY_KINDS[row["kind"]],
-                minutes=row["minutes"],
-            )
-        )
+    for rid, kind, lo, hi, ref, minutes in await cur.fetchall():
+        busy[rid].append(Busy(Interval(lo, hi), ref, _BUSY_KINDS[kind], minutes=minutes))
     if load_cur is not None:
         for row in await load_cur.fetchall():
             loads[row["rid"]][row["local_day"]] = (int(row["n"]), int(row["minutes"]))

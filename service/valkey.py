@@ -2,16 +2,17 @@
 
 Why not redis-py's asyncio client here: every command takes a connection from a pool, packs
 its arguments through layers of encoders and returns the connection: about 72 µs of CPU per
-hold script call (measured with 50 calls at a time). Over one connection that writes each loop
-iteration's commands at once and matches replies in order, the same call costs about 16 µs. In a 10,000-request burst
-every request is a hold, so that difference is most of what a refused hold costs. (Blocking
-admin code — starting the embedded server, tests — still uses redis-py's plain client.)
+hold script call (measured with 50 calls at a time). Over one connection that writes each
+loop iteration's commands at once and matches replies in order, the same call costs about
+16 µs. In a 10,000-request burst every request is a hold, so that difference is most of what
+a refused hold costs. (Blocking admin code — starting the embedded server, tests — still uses
+redis-py's plain client.)
 
 Replies come back in the order commands were sent (RESP2), so a reply belongs to the oldest
 command still waiting. A caller that stops waiting (a cancelled task) leaves its place in
 that queue, and its reply is dropped when it arrives. A connection whose oldest command has
-waited more than ``timeout_s`` since it was written is taken for dead: it is closed, every waiting command fails
-with `ValkeyUnavailable`, and the next command connects anew.
+waited more than ``timeout_s`` since it was written is taken for dead: it is closed, every
+waiting command fails with `ValkeyUnavailable`, and the next command connects anew.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -6,6 +7,7 @@ from engine.errors import AmbiguousLocalTime, NonexistentLocalTime, UnknownZone
 from engine.timezones import (
     Disambiguation,
     day_bounds,
+    is_utc,
     to_instant,
     to_local,
     transitions,
@@ -158,3 +160,21 @@ def test_transitions_found_to_the_minute() -> None:
     assert transitions("America/Phoenix", utc(2024, 1, 1), utc(2025, 1, 1)) == []
     lord_howe = transitions("Australia/Lord_Howe", utc(2024, 1, 1), utc(2025, 1, 1))
     assert lord_howe == [utc(2024, 4, 6, 15, 0), utc(2024, 10, 5, 15, 30)]
+
+
+@pytest.mark.parametrize(
+    ("zone_info", "expected"),
+    [
+        (UTC, True),
+        (ZoneInfo("UTC"), True),
+        (timezone(timedelta(0)), True),
+        (ZoneInfo("Europe/London"), True),  # in January, its offset is zero
+        (timezone(timedelta(hours=1)), False),
+        (ZoneInfo("America/New_York"), False),
+        (None, False),
+    ],
+)
+def test_is_utc_is_about_the_offset_not_the_zone_object(
+    zone_info: tzinfo | None, expected: bool
+) -> None:
+    assert is_utc(datetime(2027, 1, 4, 9, tzinfo=zone_info)) is expected
