@@ -27,19 +27,43 @@ from service.errors import IdempotencyInFlight, IdempotencyMismatch, Unavailable
 
 Conn = AsyncConnection[DictRow]
 
+# Far above any transaction of ours: a Valkey call inside one waits at most 0.25 s, and in a
+# 10,000-request burst lock waits and a busy event loop stretch one to a few seconds at most.
+TRANSACTION_TIMEOUT_S = 30.0
+
 
 class Database:
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self.pool = pool
 
     @classmethod
-    async def open(cls, app_url: str, min_size: int = 4, max_size: int = 20) -> Database:
+    async def open(
+        cls,
+        app_url: str,
+        min_size: int = 4,
+        max_size: int = 20,
+        transaction_timeout_s: float = TRANSACTION_TIMEOUT_S,
+    ) -> Database:
+        """A pool whose sessions PostgreSQL ends when a transaction of theirs has lasted
+        ``transaction_timeout_s``: a worker stuck mid-transaction (hung, or its loop blocked)
+        would otherwise keep its advisory locks, and so every booking of those resources, and
+        hold back the audit feeds, which wait for every older transaction to end. The guard
+        is PostgreSQL 17's `transaction_timeout`; an older server has none that fits: its
+        `idle_in_transaction_session_timeout` never fires for a pipelined transaction, which
+        waits between statements without the Sync that would make it "idle"."""
+        timeout_ms = int(transaction_timeout_s * 1000)
+
+        async def limit_transactions(conn: Conn) -> None:
+            if conn.info.server_version >= 170000:
+                await conn.execute(f"SET transaction_timeout = {timeout_ms}")
+
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             app_url,
             min_size=min_size,
             max_size=max_size,
             # autocommit: `transaction()` sends BEGIN and COMMIT itself.
             kwargs={"row_factory": dict_row, "autocommit": True},
+            configure=limit_transactions,
             connection_class=AsyncConnection[DictRow],
             timeout=10,
             open=False,

@@ -6,6 +6,7 @@ lost, nothing unacknowledged is half-written, and a retry after a failure books 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ import psycopg
 import pytest
 import redis
 
+from service import repository as repo
+from service.db import Database
+from service.errors import Unavailable
 from service.infra import Endpoints, throwaway
 from service.migrate import migrate
 from service.server import ServerSecrets, running_server
@@ -261,3 +265,43 @@ def test_every_acknowledged_booking_is_in_the_database(api: Api, infra: Infra) -
     assert len(acknowledged) == 2 * len(starts)
     assert active_bookings(infra.admin_url, tenant.id) == acknowledged
     assert overlaps(infra.admin_url) == []
+
+
+def test_a_transaction_left_open_is_ended_and_its_locks_freed(infra: Infra) -> None:
+    """A worker stuck inside a transaction (hung, or its event loop blocked) must not keep its
+    advisory locks, and with them every booking of those resources, for good: PostgreSQL
+    ends the session after `transaction_timeout_s`, and the stuck request fails closed."""
+    resource = "f0000000-0000-4000-8000-" + secrets.token_hex(6)  # a negative lock key
+    with psycopg.connect(infra.admin_url) as admin:
+        if admin.info.server_version < 170000:
+            pytest.skip("transaction_timeout needs PostgreSQL 17 (the embedded server is 18)")
+
+    def lock_holders() -> int:
+        with psycopg.connect(infra.admin_url) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND ((classid::bigint << 32) | objid::bigint) = %s",
+                (lock_key(resource),),
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    async def scenario() -> tuple[int, int]:
+        db = await Database.open(infra.app_url, 1, 1, transaction_timeout_s=0.5)
+        try:
+            with pytest.raises(Unavailable):
+                async with db.transaction(None) as conn:
+                    await repo.lock_resources(conn, [resource])
+                    await (await conn.execute("SELECT 1")).fetchone()  # the lock is taken
+                    held = lock_holders()
+                    await asyncio.sleep(1.5)  # stuck inside the transaction
+                    after = lock_holders()
+                    await conn.execute("SELECT 1")
+            # The pool replaces the ended session: the next transaction works.
+            async with db.transaction(None) as conn:
+                await (await conn.execute("SELECT 1")).fetchone()
+            return held, after
+        finally:
+            await db.close()
+
+    held, after = asyncio.run(scenario())
+    assert (held, after) == (1, 0)
