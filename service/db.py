@@ -30,6 +30,12 @@ Conn = AsyncConnection[DictRow]
 # Far above any transaction of ours: a Valkey call inside one waits at most 0.25 s, and in a
 # 10,000-request burst lock waits and a busy event loop stretch one to a few seconds at most.
 TRANSACTION_TIMEOUT_S = 30.0
+# PostgreSQL ending a session for a timeout is reported by the statement it interrupts as one
+# of these (not an OperationalError): the request fails closed, as for a dropped connection.
+_SESSION_ENDED = (
+    psycopg.errors.TransactionTimeout,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
 
 
 class Database:
@@ -104,7 +110,7 @@ class Database:
                         with contextlib.suppress(psycopg.Error):  # a broken link: the pool drops it
                             await conn.execute("ROLLBACK")
                     raise
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, PoolTimeout, *_SESSION_ENDED) as exc:
             raise Unavailable("the database is unavailable; nothing was changed") from exc
 
 

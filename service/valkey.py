@@ -143,10 +143,16 @@ class _Connection(asyncio.Protocol):
         # A stream transport (uvloop's are not subclasses of asyncio.Transport).
         self._transport = cast(asyncio.Transport, transport)
 
+    @property
+    def usable(self) -> bool:
+        # A closing transport (a failed write, an EOF) is as good as closed: `connection_lost`
+        # only comes an iteration later.
+        return not self.closed and self._transport is not None and not self._transport.is_closing()
+
     def send(self, commands: bytes, count: int) -> list[asyncio.Future[Reply]]:
         """Queue ``count`` encoded commands for this loop iteration's write; their replies,
         in order."""
-        if self.closed or self._transport is None or self._transport.is_closing():
+        if not self.usable:
             raise ValkeyUnavailable("the Valkey connection is closed")
         if not self._unsent:
             self._loop.call_soon(self._flush)
@@ -284,7 +290,7 @@ class Valkey:
 
     async def _connected(self) -> _Connection:
         connection = self._connection
-        if connection is not None and not connection.closed:
+        if connection is not None and connection.usable:
             return connection
         if self._closed:
             raise ValkeyUnavailable("the client was closed")

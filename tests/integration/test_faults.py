@@ -296,7 +296,11 @@ def test_a_transaction_left_open_is_ended_and_its_locks_freed(infra: Infra) -> N
                     await asyncio.sleep(1.5)  # stuck inside the transaction
                     after = lock_holders()
                     await conn.execute("SELECT 1")
-            # The pool replaces the ended session: the next transaction works.
+            # Ended while a statement runs (waiting on a lock, say): still a 503, not a 500.
+            with pytest.raises(Unavailable):
+                async with db.transaction(None) as conn:
+                    await (await conn.execute("SELECT pg_sleep(2)")).fetchone()
+            # The pool replaces the ended sessions: the next transaction works.
             async with db.transaction(None) as conn:
                 await (await conn.execute("SELECT 1")).fetchone()
             return held, after

@@ -21,7 +21,6 @@ from service.valkey import (
     Address,
     Script,
     Valkey,
-    ValkeyError,
     ValkeyReplyError,
     ValkeyUnavailable,
 )
@@ -87,6 +86,8 @@ def test_a_script_is_loaded_again_after_the_server_forgets_it(infra: Infra) -> N
 
     async def scenario(v: Valkey) -> None:
         first = await v.run(script, ["k"], [1])
+        # Loaded under the SHA1 we run it by (a wrong one would resend the source each time).
+        assert await v.call("SCRIPT", "EXISTS", script.sha) == [1]
         await v.call("SCRIPT", "FLUSH")
         assert await v.run(script, ["k"], [1]) == first == [b"k", b"1", first[2]]
         with pytest.raises(ValkeyReplyError):
@@ -151,13 +152,15 @@ def test_no_server_or_wrong_password_fails_promptly(infra: Infra) -> None:
     assert time.monotonic() - started < 1.0
 
     async def wrong_password(v: Valkey) -> None:
-        with pytest.raises(ValkeyError):
+        with pytest.raises(ValkeyReplyError, match="WRONGPASS"):
             await v.call("PING")
-        with pytest.raises(ValkeyError):  # every command tries again, and fails again
+        with pytest.raises(ValkeyReplyError, match="WRONGPASS"):  # each command tries again
             await v.call("PING")
 
+    started = time.monotonic()
     client = Valkey(replace(address, password="wrong-" + secrets.token_hex(4)))
     asyncio.run(_closing(client, wrong_password))
+    assert time.monotonic() - started < 1.0
 
 
 async def _closing(client: Valkey, scenario: Callable[[Valkey], Awaitable[None]]) -> None:
