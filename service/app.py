@@ -37,6 +37,7 @@ from litestar.types import Message, Scope
 from engine.errors import InvalidInterval, InvalidModel, InvalidRecurrence, UnknownZone
 from engine.intervals import Interval
 from service import repository as repo
+from service.audit_batch import BatchedAudit
 from service.auth import Caller, bearer, is_admin, parse_token
 from service.booking import STRATEGIES, BookingService, BookingStrategy, strategy_from
 from service.catalog import CatalogService, valid_rrule, valid_zone
@@ -894,6 +895,9 @@ def create_app(config: AppConfig) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await Database.open(config.app_database_url, config.pool_min, config.pool_max)
+        # The batched audit writer's own connection: in a rush, thousands of requests queue
+        # for the pool, and a batch queued behind them kept every request it answers waiting.
+        audit_db = await Database.open(config.app_database_url, 1, 1)
         valkey = valkey_client(config.redis_url)
         holds = RedisHoldStore(valkey)
         app.state.authenticator = Authenticator(db, config.admin_key, config.auth_cache_seconds)
@@ -902,6 +906,7 @@ def create_app(config: AppConfig) -> Litestar:
             holds,
             HoldTokens(config.hold_secret),
             config.clock,
+            BatchedAudit(audit_db),
             strategy=config.booking_strategy,
         )
         app.state.catalog = CatalogService(db, config.clock)
@@ -911,6 +916,7 @@ def create_app(config: AppConfig) -> Litestar:
             yield
         finally:
             await valkey.aclose()
+            await audit_db.close()
             await db.close()
 
     return Litestar(

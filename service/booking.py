@@ -202,6 +202,7 @@ class BookingService:
         holds: HoldStore,
         tokens: HoldTokens,
         clock: Callable[[], datetime],
+        batched_audit: BatchedAudit,
         limits: Limits = Limits(),
         strategy: BookingStrategy = "holds",
     ) -> None:
@@ -214,7 +215,7 @@ class BookingService:
         self.limits = limits
         self.strategy = strategy
         self.catalogs = repo.CatalogCache()
-        self.batched_audit = BatchedAudit(db)
+        self.batched_audit = batched_audit
         self._catalog_loads: SingleFlight[str, repo.Catalog] = SingleFlight()
 
     # --- reads ---------------------------------------------------------------------------------

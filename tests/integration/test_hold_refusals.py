@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
+from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 
+from service.app import AppConfig, create_app
 from service.audit_batch import BatchedAudit
 from service.auth import Caller
 from service.booking import IN_TRANSACTION_HOLDS_S, BookingService
@@ -66,6 +69,7 @@ async def booking_service(infra: Infra) -> AsyncIterator[BookingService]:
             RedisHoldStore(valkey),
             HoldTokens(b"k" * 32),
             lambda: datetime(2027, 1, 4, tzinfo=UTC),
+            BatchedAudit(db),
         )
     finally:
         await valkey.aclose()
@@ -298,3 +302,44 @@ def test_a_cancelled_audit_writer_fails_its_waiters_and_the_next_event_is_writte
             (tenant.id,),
         ).fetchall()
     assert [r[0] for r in written] == ["r0", "later"]
+
+
+def test_audit_batches_do_not_queue_behind_requests_for_a_connection(
+    infra: Infra, tenant: Tenant
+) -> None:
+    """In a rush, requests queue for the worker's pool; the batched audit writer has its own
+    connection, so a refusal from Valkey is answered even while every pool connection is
+    taken (sharing the pool, it waited for the pool's timeout and answered 503)."""
+    config = AppConfig(
+        app_database_url=infra.app_url,
+        redis_url=infra.redis_url,
+        admin_key="admin-" + "k" * 40,
+        hold_secret=b"h" * 32,
+        pool_min=1,
+        pool_max=1,
+        auth_cache_seconds=60,  # the key's lookup stays cached: the refusal needs no pool
+    )
+    app = create_app(config)
+    body = {
+        "service_id": tenant.service_id,
+        "start": START.isoformat(),
+        "resource_ids": [tenant.staff[0], tenant.rooms[0]],
+    }
+
+    async def scenario() -> tuple[int, int, float]:
+        async with AsyncTestClient(app) as client:
+            first = await client.post("/v1/holds", json=body, headers=tenant.headers)
+            async with app.state.booking.db.pool.connection():  # the pool's only connection
+                started = time.monotonic()
+                second = await client.post("/v1/holds", json=body, headers=tenant.headers)
+                waited = time.monotonic() - started
+        return first.status_code, second.status_code, waited
+
+    thresholds = gc.get_threshold()
+    try:
+        first, second, waited = asyncio.run(scenario())
+    finally:  # the app's start-up tunes the collector of the process it runs in: this one
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert (first, second) == (201, 409)
+    assert waited < 2.0
