@@ -245,7 +245,9 @@ class BookingService:
                 span = Interval(
                     window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
                 )
-                service, calendars = await self.calendars_for(conn, catalog, svc, span, pins)
+                service, calendars = await self.calendars_for(
+                    conn, catalog, svc, span, pins, spans_only=True
+                )
                 return record, service, calendars
 
             _, (record, service, calendars) = await self.catalogs.read(conn, caller.tenant, reads)
@@ -1198,8 +1200,11 @@ class BookingService:
         window: Interval,
         pins: Sequence[str],
         exclude: Sequence[str] = (),
+        *,
+        spans_only: bool = False,
     ) -> tuple[Service, dict[str, ResourceCalendar]]:
-        """``service`` with pinned resources applied, and calendars of its candidates only."""
+        """``service`` with pinned resources applied, and calendars of its candidates only
+        (``spans_only``: see `repository.load_calendars`)."""
         resources = catalog.resources_for(service)
         if pins:
             refused = {
@@ -1223,7 +1228,9 @@ class BookingService:
                 for rid, r in resources.items()
                 if any(req.admits(r) for req in service.requirements)
             }
-        return service, await repo.load_calendars(conn, catalog, resources, window, exclude)
+        return service, await repo.load_calendars(
+            conn, catalog, resources, window, exclude, spans_only=spans_only
+        )
 
     async def add_live_holds(
         self,
