@@ -567,8 +567,10 @@ class BookingService:
         await self._release_claims(tenant_id, booking["hold_nonce"], claims)
 
     async def _release(self, hold: Hold, footprint: Interval) -> None:
-        if not hold.degraded:
-            await self._release_claims(hold.tenant_id, hold.nonce, _claims(hold, footprint))
+        """Release the hold in Valkey, a degraded one too: its acquire may have run there after
+        all, its answer lost to a timeout, and such a hold would refuse everyone else until
+        its TTL ran out (releasing what is not there changes nothing)."""
+        await self._release_claims(hold.tenant_id, hold.nonce, _claims(hold, footprint))
 
     # --- bookings ------------------------------------------------------------------------------
     async def confirm(

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -343,3 +344,27 @@ def test_audit_batches_do_not_queue_behind_requests_for_a_connection(
         gc.set_threshold(*thresholds)
     assert (first, second) == (201, 409)
     assert waited < 2.0
+
+
+def test_releasing_a_degraded_hold_clears_what_its_acquire_left_in_valkey(
+    infra: Infra, tenant: Tenant
+) -> None:
+    """An acquire whose answer was lost to a timeout leaves its caller a degraded hold while
+    the script did run in Valkey. Releasing the hold must clear that too, or it would refuse
+    everyone else until its TTL ran out."""
+
+    async def scenario() -> dict[str, object]:
+        async with booking_service(infra) as service:
+            holder, rival = callers(infra.admin_url, tenant.id)
+            pins = [tenant.staff[0], tenant.rooms[0]]
+            held = await service.create_hold(
+                holder, tenant.service_id, START, pins, None, None, "h"
+            )
+            # What a lost answer leaves: the hold live in Valkey, its token saying "degraded".
+            hold = service.tokens.read(held["id"], tenant.id, holder.key_id, service.clock())
+            lost = service.tokens.issue(replace(hold, degraded=True))
+            await service.release_hold(holder, lost, "r")
+            return await service.create_hold(rival, tenant.service_id, START, pins, None, None, "a")
+
+    again = asyncio.run(scenario())
+    assert again["degraded"] is False
