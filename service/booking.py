@@ -238,19 +238,19 @@ class BookingService:
 
             async def reads(
                 catalog: repo.Catalog,
-            ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]:
+            ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar], Interval]:
                 record = catalog.service(service_id)
                 svc = record.service
                 # Footprints of starts near `to` reach past it by the duration and buffers.
-                span = Interval(
-                    window.start - svc.buffer_before, window.end + svc.duration + svc.buffer_after
-                )
+                span = window.padded(svc.buffer_before, svc.duration + svc.buffer_after)
                 service, calendars = await self.calendars_for(
                     conn, catalog, svc, span, pins, spans_only=True
                 )
-                return record, service, calendars
+                return record, service, calendars, span
 
-            _, (record, service, calendars) = await self.catalogs.read(conn, caller.tenant, reads)
+            _, (record, service, calendars, span) = await self.catalogs.read(
+                conn, caller.tenant, reads
+            )
             await audit(
                 conn,
                 caller,
@@ -260,10 +260,6 @@ class BookingService:
                 request_id,
                 {"from": iso(window.start), "to": iso(window.end)},
             )
-        span = Interval(
-            window.start - service.buffer_before,
-            window.end + service.duration + service.buffer_after,
-        )
         holds_seen = await self.add_live_holds(caller.tenant, calendars, span)
         slots = availability(service, calendars, window, now, record.rules)
         display = zone or record.rules.zone

@@ -507,32 +507,29 @@ async def load_calendars(
     }
 
 
-# Busy time overlapping a window: each exception and each active booking of the resources.
-_BUSY_SQL = (
-    "SELECT resource_id::text AS rid, kind, lower(during) AS lo, upper(during) AS hi,"
-    " id::text AS ref, NULL::integer AS minutes"
+# The exceptions and the active bookings of the resources overlapping a window.
+_EXCEPTIONS_IN_WINDOW = (
     " FROM resource_exceptions WHERE resource_id = ANY(%(ids)s::uuid[])"
     " AND during && tstzrange(%(lo)s, %(hi)s)"
-    " UNION ALL"
-    " SELECT resource_id::text, 'booking', lower(during), upper(during),"
-    " booking_id::text, minutes"
-    " FROM booking_resources"
-    " WHERE active AND resource_id = ANY(%(ids)s::uuid[])"
-    " AND during && tstzrange(%(lo)s, %(hi)s)"
-    " AND NOT booking_id = ANY(%(exclude)s::uuid[])"
 )
-# The same time merged per resource and kind (touching spans join): rows without ids.
+_BOOKINGS_IN_WINDOW = (
+    " FROM booking_resources WHERE active AND resource_id = ANY(%(ids)s::uuid[])"
+    " AND during && tstzrange(%(lo)s, %(hi)s) AND NOT booking_id = ANY(%(exclude)s::uuid[])"
+)
+# Busy time entry by entry ...
+_BUSY_SQL = (
+    "SELECT resource_id::text, kind, lower(during), upper(during), id::text, NULL::integer"
+    f"{_EXCEPTIONS_IN_WINDOW} UNION ALL"
+    " SELECT resource_id::text, 'booking', lower(during), upper(during), booking_id::text,"
+    f" minutes{_BOOKINGS_IN_WINDOW}"
+)
+# ... or merged per resource and kind (touching spans join), in rows without ids.
 _MERGED_BUSY_SQL = (
     "SELECT rid, kind, lower(span), upper(span), '', NULL::integer FROM ("
     " SELECT resource_id::text AS rid, kind, unnest(range_agg(during)) AS span"
-    " FROM resource_exceptions WHERE resource_id = ANY(%(ids)s::uuid[])"
-    " AND during && tstzrange(%(lo)s, %(hi)s) GROUP BY 1, 2"
-    " UNION ALL"
-    " SELECT resource_id::text, 'booking', unnest(range_agg(during))"
-    " FROM booking_resources"
-    " WHERE active AND resource_id = ANY(%(ids)s::uuid[])"
-    " AND during && tstzrange(%(lo)s, %(hi)s)"
-    " AND NOT booking_id = ANY(%(exclude)s::uuid[]) GROUP BY 1) AS merged"
+    f"{_EXCEPTIONS_IN_WINDOW} GROUP BY 1, 2 UNION ALL"
+    f" SELECT resource_id::text, 'booking', unnest(range_agg(during)){_BOOKINGS_IN_WINDOW}"
+    " GROUP BY 1) AS merged"
 )
 
 _BUSY_KINDS = {
