@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from service.valkey import Address
+
 DEFAULT_PG_PORT = 25432
 DEFAULT_REDIS_PORT = 26379
 # Ports at or above 32768 fall in Linux's ephemeral range, where the kernel hands out client
@@ -71,6 +73,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ):
         if url is not None:
             _check_scheme(name, url, schemes)
+    if redis_url is not None:
+        try:  # as the service will read it: a bad port or database fails here, not at start-up
+            Address.parse(redis_url)
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL is not a usable Valkey URL: {exc}") from exc
     if app_database_url is not None and database_url is None:
         raise SettingsError(
             "APP_DATABASE_URL is set but DATABASE_URL is not: the embedded database makes its "

@@ -72,9 +72,11 @@ class Address:
         unix = parts.scheme == "unix"
         path = unquote(parts.path)
         db = parse_qs(parts.query).get("db", [""])[0] or ("" if unix else path.strip("/"))
+        if not (db or "0").isdigit():
+            raise ValueError(f"the database number must be a whole number, not {db!r}")
         return cls(
             host="" if unix else parts.hostname or "localhost",
-            port=6379 if unix else parts.port or 6379,
+            port=6379 if unix else parts.port or 6379,  # a port that is no number raises
             path=path if unix else None,
             tls=parts.scheme == "rediss",
             username=unquote(parts.username) if parts.username else None,

@@ -51,6 +51,8 @@ def test_repr_hides_urls() -> None:
     [
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL must start with"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL must start with"),
+        ({"REDIS_URL": "redis://localhost:abc/0"}, "not a usable Valkey URL: Port"),
+        ({"REDIS_URL": "redis://localhost:6379/zz"}, "database number must be a whole number"),
         ({"APP_DATABASE_URL": "postgresql://a@b/c"}, "DATABASE_URL is not"),
         ({"SLOTWISE_PG_PORT": "abc"}, "must be a port number"),
         ({"SLOTWISE_REDIS_PORT": "40000"}, "between 1024 and 32767"),

@@ -122,3 +122,9 @@ def test_urls(url: str, address: Address) -> None:
 def test_a_url_of_another_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="not a redis"):
         Address.parse("http://localhost:6379")
+
+
+@pytest.mark.parametrize("url", ["redis://h:1/zz", "redis://h:1?db=-1", "unix:///s?db=x"])
+def test_a_database_that_is_no_number_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="database number must be a whole number"):
+        Address.parse(url)
