@@ -14,16 +14,15 @@ from typing import Any
 
 import gevent
 from locust import constant, task
-from locust.contrib.fasthttp import FastHttpUser
 
-from loadtests.locustkit import call, install, kit
+from loadtests.locustkit import ApiUser, call, install, kit
 
 install(monitor=True)
 
 PARK_S = 3600.0  # a finished user idles until the process quits (it must not run again)
 
 
-class BurstUser(FastHttpUser):
+class BurstUser(ApiUser):
     # Long timeouts: in a 10,000-request burst the last answer can come tens of seconds after
     # the first; an early client timeout would count as "unanswered" for a request that was not.
     network_timeout = 600.0

@@ -16,9 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from locust import LoadTestShape, between, task
-from locust.contrib.fasthttp import FastHttpUser
 
-from loadtests.locustkit import call, install, kit
+from loadtests.locustkit import ApiUser, call, install, kit
 
 install(monitor=False)
 
@@ -48,7 +47,7 @@ class Demand(LoadTestShape):
         return users, max(float(users), 1.0)
 
 
-class Customer(FastHttpUser):
+class Customer(ApiUser):
     network_timeout = 120.0
     connection_timeout = 120.0
     wait_time = between(0.2, 1.0)

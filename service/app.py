@@ -984,13 +984,17 @@ def create_app(config: AppConfig) -> Litestar:
 def app_from_env() -> Litestar:
     """The app for `slotwise serve` workers, configured from the environment it sets."""
     env = os.environ
+    pool_size = int(env.get("SLOTWISE_POOL_SIZE", "16"))
     return create_app(
         AppConfig(
             app_database_url=env["SLOTWISE_APP_DATABASE_URL"],
             redis_url=env["SLOTWISE_REDIS_URL"],
             admin_key=env["SLOTWISE_ADMIN_KEY"],
             hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
-            pool_max=int(env.get("SLOTWISE_POOL_MAX", "16")),
+            # A served worker opens its whole pool at start: one that grows during a rush
+            # connects (a backend started, a SCRAM exchange) while requests wait for it.
+            pool_min=pool_size,
+            pool_max=pool_size,
             booking_strategy=strategy_from(env.get("SLOTWISE_BOOKING_STRATEGY", "holds")),
         )
     )

@@ -67,8 +67,12 @@ class Database:
             app_url,
             min_size=min_size,
             max_size=max_size,
-            # autocommit: `transaction()` sends BEGIN and COMMIT itself.
-            kwargs={"row_factory": dict_row, "autocommit": True},
+            # autocommit: `transaction()` sends BEGIN and COMMIT itself. prepare_threshold 0:
+            # a statement is prepared the first time a connection runs it, not the sixth, so
+            # a rush on fresh connections does not parse each query five times over on each
+            # of them. (Our SQL texts are constants: they never flood the per-connection
+            # cache of prepared statements.)
+            kwargs={"row_factory": dict_row, "autocommit": True, "prepare_threshold": 0},
             configure=limit_transactions,
             connection_class=AsyncConnection[DictRow],
             timeout=10,

@@ -61,7 +61,7 @@ def load_secrets(data_dir: Path) -> ServerSecrets:
 def worker_env(
     endpoints: Endpoints,
     keys: ServerSecrets,
-    pool_max: int = 16,
+    pool_size: int = 16,
     booking_strategy: str = "holds",
 ) -> dict[str, str]:
     return {
@@ -69,7 +69,7 @@ def worker_env(
         "SLOTWISE_REDIS_URL": endpoints.redis_url,
         "SLOTWISE_ADMIN_KEY": keys.admin_key,
         "SLOTWISE_HOLD_SECRET": keys.hold_secret,
-        "SLOTWISE_POOL_MAX": str(pool_max),
+        "SLOTWISE_POOL_SIZE": str(pool_size),
         "SLOTWISE_BOOKING_STRATEGY": booking_strategy,
     }
 
@@ -166,7 +166,7 @@ def running_server(
     *,
     workers: int = 1,
     backlog: int = 4096,
-    pool_max: int = 16,
+    pool_size: int = 16,
     booking_strategy: str = "holds",
     startup_timeout: float = 60.0,
 ) -> Iterator[str]:
@@ -174,7 +174,7 @@ def running_server(
 
     `booking_strategy` other than "holds" is for the contention study (`service.booking`)."""
     port = free_port()
-    env = {**os.environ, **worker_env(endpoints, keys, pool_max, booking_strategy)}
+    env = {**os.environ, **worker_env(endpoints, keys, pool_size, booking_strategy)}
     argv = [sys.executable, "-m", "service.server", str(port), str(workers), str(backlog)]
     process = subprocess.Popen(argv, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
