@@ -984,7 +984,7 @@ def create_app(config: AppConfig) -> Litestar:
 def app_from_env() -> Litestar:
     """The app for `slotwise serve` workers, configured from the environment it sets."""
     env = os.environ
-    pool_size = int(env.get("SLOTWISE_POOL_SIZE", "16"))
+    pool_size = int(env["SLOTWISE_POOL_SIZE"])
     return create_app(
         AppConfig(
             app_database_url=env["SLOTWISE_APP_DATABASE_URL"],

@@ -142,7 +142,7 @@ def serve_command(
     from service.booking import strategy_from
     from service.infra import endpoints_for
     from service.migrate import migrate
-    from service.server import load_secrets, serve, worker_env
+    from service.server import check_connection_budget, load_secrets, serve, worker_env
 
     try:
         strategy_from(booking_strategy)
@@ -152,6 +152,7 @@ def serve_command(
     try:
         endpoints = endpoints_for(settings)
         migrate(endpoints.admin_url, app_url=endpoints.app_url)
+        check_connection_budget(endpoints.admin_url, workers)
     except _expected_errors() as exc:
         _fail(exc)
     keys = load_secrets(settings.data_dir)

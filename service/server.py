@@ -22,12 +22,43 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from service.infra import Endpoints, free_port
 
 # A worker that dies sooner than this after starting failed to start: restarting won't help.
 WORKER_START_GRACE_S = 10.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
+POOL_SIZE = 16  # a worker's connections for requests; it opens one more for its audit writer
+
+
+class ConnectionBudgetError(RuntimeError):
+    """PostgreSQL would refuse some of the connections the workers open at start."""
+
+
+def check_connection_budget(admin_url: str, workers: int, pool_size: int = POOL_SIZE) -> None:
+    """Refuse to start more workers than PostgreSQL has connections for. Each worker opens its
+    whole pool at start (see `app_from_env`); past `max_connections` the last ones would fail
+    to start, or, with pools that grew on demand, fail requests in the first rush."""
+    needed = workers * (pool_size + 1)
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+            " - coalesce(current_setting('reserved_connections', true)::int, 0)"  # PG 16+
+            " - (SELECT count(*)::int FROM pg_stat_activity"
+            "     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())"
+        ).fetchone()
+    assert row is not None
+    max_connections, free = row
+    if needed > free:
+        raise ConnectionBudgetError(
+            f"{workers} workers need {needed} PostgreSQL connections ({pool_size} for requests"
+            f" and 1 for the audit writer each), and the server has {free} free"
+            f" (max_connections = {max_connections}): start fewer --workers, or raise"
+            " max_connections"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +92,7 @@ def load_secrets(data_dir: Path) -> ServerSecrets:
 def worker_env(
     endpoints: Endpoints,
     keys: ServerSecrets,
-    pool_size: int = 16,
+    pool_size: int = POOL_SIZE,
     booking_strategy: str = "holds",
 ) -> dict[str, str]:
     return {
@@ -110,6 +141,9 @@ def _worker(config: Any) -> None:
 
     # Die with the supervisor, however it ends: an orphan would keep taking connections.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None or os.getppid() != supervisor.pid:
+        return  # it ended while this process was starting: no signal will come for that
     config.configure_logging()
     sock = _listening_socket(config.host, config.port, config.backlog)
     uvicorn.Server(config).run(sockets=[sock])
@@ -166,7 +200,7 @@ def running_server(
     *,
     workers: int = 1,
     backlog: int = 4096,
-    pool_size: int = 16,
+    pool_size: int = POOL_SIZE,
     booking_strategy: str = "holds",
     startup_timeout: float = 60.0,
 ) -> Iterator[str]:

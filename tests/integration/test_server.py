@@ -10,13 +10,14 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
-from service.infra import Endpoints
-from service.server import ServerSecrets, running_server
+from service.infra import Endpoints, free_port
+from service.server import ServerSecrets, check_connection_budget, running_server, worker_env
 from tests.integration.conftest import Infra
 
 
@@ -65,3 +66,75 @@ def test_a_port_in_use_is_refused_at_start(tmp_path: Path) -> None:
         )
     assert done.returncode != 0
     assert b"Address already in use" in done.stderr
+
+
+def test_serve_refuses_more_workers_than_postgres_has_connections_for(
+    infra: Infra, tmp_path: Path
+) -> None:
+    check_connection_budget(infra.admin_url, workers=2)  # 34 of the test server's 200 fit
+    env = {
+        **os.environ,
+        "DATABASE_URL": infra.admin_url,
+        "APP_DATABASE_URL": infra.app_url,
+        "REDIS_URL": infra.redis_url,
+        "SLOTWISE_DATA_DIR": str(tmp_path),
+    }
+    argv = ["serve", "--workers", "12", "--port", str(free_port())]
+    code = f"from simulation.cli import app\napp({argv!r})\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=60, env=env, text=True
+    )
+    assert done.returncode == 1, done.stderr
+    assert "12 workers need 204 PostgreSQL connections" in done.stderr
+    assert "max_connections = 200" in done.stderr
+
+
+# Starts one worker the way `_supervise` does, then ends at once, before the worker (still
+# importing) has asked to die with it: the signal it asks for would never come.
+_ORPHANED_WORKER = """
+import multiprocessing, os, sys, uvicorn
+from service.server import _worker
+config = uvicorn.Config("service.app:app_from_env", factory=True, port=int(sys.argv[1]))
+worker = multiprocessing.get_context("spawn").Process(target=_worker, args=(config,))
+worker.start()
+with open(sys.argv[2], "w") as pid_file:
+    pid_file.write(str(worker.pid))
+os._exit(0)
+"""
+
+
+def test_a_worker_whose_supervisor_ended_while_it_started_does_not_serve(
+    infra: Infra, tmp_path: Path
+) -> None:
+    keys = ServerSecrets("test-admin-" + secrets.token_hex(16), secrets.token_hex(32))
+    endpoints = Endpoints(infra.admin_url, infra.app_url, infra.redis_url)
+    env = {**os.environ, **worker_env(endpoints, keys, pool_size=1)}
+    port = free_port()
+    pid_file = tmp_path / "worker.pid"
+    # No pipes: the worker inherits the standard streams and would hold them open.
+    subprocess.run(
+        [sys.executable, "-c", _ORPHANED_WORKER, str(port), str(pid_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+    worker = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 30  # far more than its imports and a start would take
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(worker), "the orphaned worker kept running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, 9)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is alive (an exited process nobody reaped yet is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
