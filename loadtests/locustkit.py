@@ -198,6 +198,8 @@ def call(
     with user.client.request(method, path, name=name, catch_response=True, **kwargs) as resp:
         latency_ms = (time.perf_counter() - started) * 1000
         status = int(resp.status_code or 0)
+        # Set only when the client raised (no answer): every status is an answer to ApiUser.
+        error = getattr(resp, "error", None)
         if resp.content:
             try:  # from the bytes: `resp.json()` guesses a charset for problem+json, slowly
                 parsed = json.loads(resp.content)
@@ -205,7 +207,7 @@ def call(
             except ValueError:
                 body = {}
         if status == 0 or status >= 500:
-            resp.failure(f"{status}: {resp.error or body.get('detail')}")
+            resp.failure(f"{status}: {error or body.get('detail')}")
         else:
             resp.success()
     why = body.get("why") if status >= 400 else None
@@ -221,7 +223,7 @@ def call(
             "layer": why.get("layer") if isinstance(why, dict) else None,
             "reason": why.get("reason") if isinstance(why, dict) else None,
             "problem": body.get("type", "").rsplit("/", 1)[-1] if status >= 400 else None,
-            "error": repr(resp.error)[:300] if status == 0 else None,
+            "error": repr(error)[:300] if status == 0 else None,
         }
     )
     return status, body

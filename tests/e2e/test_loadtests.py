@@ -3,10 +3,12 @@ SQL against the real database, results in the event store's DuckDB file."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +23,7 @@ from loadtests.cli import broken
 from loadtests.run_contention import ContentionParams
 from loadtests.run_contention import run as contention
 from loadtests.run_sustained import stages
-from loadtests.runner import Target, set_up
+from loadtests.runner import Target, run_locust, set_up
 from service.migrate import migrate
 from tests.integration.conftest import Api, Infra
 
@@ -312,3 +314,57 @@ def test_kept_alive_sockets_above_fd_1024_are_reused_not_reopened() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"]
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """A server that is up but answers every booking request 503, as ours does when
+    PostgreSQL is down or its pool stays busy."""
+
+    def do_GET(self) -> None:
+        self._answer(200, b'{"status": "ok"}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer(503, b'{"type": "https://slotwise.dev/problems/unavailable", "detail": "db"}')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_a_burst_records_server_errors_as_answers(tmp_path: Path) -> None:
+    """A 5xx is an answer: each user records it and finishes, so Locust quits on its own."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    users = 4
+    plan = {
+        "run_id": "errors",
+        "users": users,
+        "phases": ["book"],
+        "barriers": ["book"],
+        "token": "sw_test",
+        "service_id": str(uuid.uuid4()),
+        "targets": [[str(uuid.uuid4()), "2030-01-07T09:00:00Z"]] * users,
+    }
+    try:
+        done = run_locust(
+            tmp_path,
+            "burst.py",
+            f"http://127.0.0.1:{server.server_port}",
+            plan,
+            processes=1,
+            timeout_s=30,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.exit_codes == [0], done.log[-2000:]  # None: still running at the deadline
+    holds = [row for row in done.rows if row["name"] == "hold"]
+    assert sorted(row["user"] for row in holds) == list(range(users))
+    assert {(row["status"], row["problem"]) for row in holds} == {(503, "unavailable")}
