@@ -112,10 +112,26 @@ class Database:
                 except BaseException:
                     if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
                         with contextlib.suppress(psycopg.Error):  # a broken link: the pool drops it
-                            await conn.execute("ROLLBACK")
+                            await _rollback(conn)
                     raise
         except (psycopg.OperationalError, PoolTimeout, *_SESSION_ENDED) as exc:
             raise Unavailable("the database is unavailable; nothing was changed") from exc
+
+
+async def _rollback(conn: Conn) -> None:
+    """ROLLBACK, keeping the connection's prepared statements. psycopg forgets them all at a
+    rollback it sees (and sends DEALLOCATE ALL) in case the transaction dropped or altered
+    what they use; ours never change the schema. Every refusal inside a transaction (a 409
+    under the lock, say) would otherwise cost a round trip and a new Parse of every statement
+    the connection runs next: the contention study's pessimistic strategy, whose losers all
+    roll back, took 12% longer. With prepared statements off for this one statement, the
+    statement cache does not see it at all."""
+    threshold = conn.prepare_threshold
+    conn.prepare_threshold = None
+    try:
+        await conn.execute("ROLLBACK")
+    finally:
+        conn.prepare_threshold = threshold
 
 
 @dataclass(frozen=True, slots=True)

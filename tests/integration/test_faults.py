@@ -309,3 +309,39 @@ def test_a_transaction_left_open_is_ended_and_its_locks_freed(infra: Infra) -> N
 
     held, after = asyncio.run(scenario())
     assert (held, after) == (1, 0)
+
+
+def test_a_rolled_back_transaction_keeps_the_connections_prepared_statements(
+    infra: Infra,
+) -> None:
+    """A refusal inside a transaction rolls it back; the statements its connection prepared
+    stay prepared (psycopg's own rollback would deallocate them all)."""
+    query = "SELECT 1 WHERE %s"
+
+    async def prepared_after_a_rollback() -> int:
+        db = await Database.open(infra.app_url, 1, 1)
+        try:
+            async with db.transaction(None) as conn:
+                await (await conn.execute(query, (True,))).fetchone()
+            with pytest.raises(LookupError):
+                async with db.transaction(None) as conn:
+                    await (await conn.execute(query, (True,))).fetchone()
+                    raise LookupError("refused")
+            # A statement first sent behind a failed one was never prepared by the server
+            # (it skips the rest of the pipeline): psycopg must not take it for prepared.
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                async with db.transaction(None) as conn:
+                    await conn.execute("SELECT 1 / 0")
+                    await conn.execute("SELECT 2 WHERE %s", (True,))
+            async with db.transaction(None) as conn:
+                assert await (await conn.execute("SELECT 2 WHERE %s", (True,))).fetchone()
+                cur = await conn.execute(
+                    "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement = %s",
+                    (query.replace("%s", "$1"),),
+                )
+                row = await cur.fetchone()
+            return int(row["n"]) if row else -1
+        finally:
+            await db.close()
+
+    assert asyncio.run(prepared_after_a_rollback()) == 1

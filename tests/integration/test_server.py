@@ -15,9 +15,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
+import pytest
 
 from service.infra import Endpoints, free_port
-from service.server import ServerSecrets, check_connection_budget, running_server, worker_env
+from service.server import (
+    ConnectionBudgetError,
+    ServerSecrets,
+    check_connection_budget,
+    running_server,
+    worker_env,
+)
 from tests.integration.conftest import Infra
 
 
@@ -72,6 +80,12 @@ def test_serve_refuses_more_workers_than_postgres_has_connections_for(
     infra: Infra, tmp_path: Path
 ) -> None:
     check_connection_budget(infra.admin_url, workers=2)  # 34 of the test server's 200 fit
+    # 11 workers need 187: within max_connections, not within what others leave free.
+    with contextlib.ExitStack() as others:
+        for _ in range(12):
+            others.enter_context(psycopg.connect(infra.admin_url))
+        with pytest.raises(ConnectionBudgetError, match="11 workers need 187"):
+            check_connection_budget(infra.admin_url, workers=11)
     env = {
         **os.environ,
         "DATABASE_URL": infra.admin_url,
