@@ -158,6 +158,8 @@ def _supervise(config: Any, workers: int) -> int:
     socket, so the kernel spreads connections over them evenly.
     Returns the exit status: 0 after a signal, 3 when a worker fails during start-up.
     """
+    from uvicorn.config import STARTUP_FAILURE
+
     # Is the port free? Probed without SO_REUSEPORT, which would join a server already there.
     with socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -179,8 +181,14 @@ def _supervise(config: Any, workers: int) -> int:
         for index, (process, started) in enumerate(processes):
             if process.is_alive():
                 continue
-            if time.monotonic() - started < WORKER_START_GRACE_S:
-                status = 3  # it would fail the same way on every restart (bad app or socket)
+            # Failed to start: it would fail the same way on every restart (a bad app or
+            # socket soon; a database that refuses its pool only at the pool's timeout, but
+            # then with uvicorn's exit status for a failed start).
+            if (
+                time.monotonic() - started < WORKER_START_GRACE_S
+                or process.exitcode == STARTUP_FAILURE
+            ):
+                status = STARTUP_FAILURE
                 break
             processes[index] = start()
     for process, _ in processes:

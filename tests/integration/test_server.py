@@ -152,3 +152,19 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_worker_that_cannot_open_its_database_pool_fails_the_start(
+    infra: Infra, tmp_path: Path
+) -> None:
+    """No PostgreSQL where the workers look: each fails its start after the pool's 30 s, and
+    `serve` exits with the failed-start status instead of restarting them for ever."""
+    keys = ServerSecrets("test-admin-" + secrets.token_hex(16), secrets.token_hex(32))
+    nowhere = f"postgresql://slotwise_app:x@127.0.0.1:{free_port()}/slotwise"
+    endpoints = Endpoints(infra.admin_url, nowhere, infra.redis_url)
+    env = {**os.environ, **worker_env(endpoints, keys, pool_size=1)}
+    code = f"from service.server import serve\nserve('127.0.0.1', {free_port()}, 2, 64, {{}})\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
