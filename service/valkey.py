@@ -263,14 +263,6 @@ class Valkey:
         (reply,) = (await self._connected()).send(encode(args), 1)
         return await reply
 
-    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Reply]:
-        """Run ``commands`` in one write; their answers in order (the first error raises)."""
-        if not commands:
-            return []
-        payload = b"".join(encode(c) for c in commands)
-        replies = (await self._connected()).send(payload, len(commands))
-        return list(await asyncio.gather(*replies))
-
     async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Reply:
         """EVALSHA, falling back to EVAL (which loads the script) when the server lacks it
         (a restarted or flushed server)."""
