@@ -759,10 +759,6 @@ async def cancel_series(conn: Conn, series_id: str, after: datetime) -> list[str
     return ids
 
 
-# Reads are audited too; the activity feed leaves them out.
-READ_ACTIONS = r"\.(read|list|explain|plan)$"
-
-
 async def audit_feed(
     conn: Conn,
     after: tuple[int, int],
@@ -777,9 +773,8 @@ async def audit_feed(
         "xact < pg_snapshot_xmin(pg_current_snapshot())",
     ]
     params: list[Any] = [str(after[0]), after[1]]
-    if writes_only:
-        where.append("action !~ %s")
-        params.append(READ_ACTIONS)
+    if writes_only:  # the activity feed: reads are audited too (`is_read`, migration 0008)
+        where.append("NOT is_read")
     if entity:
         where.append("entity = %s")
         params.append(entity)

@@ -1,5 +1,5 @@
-"""Shared checks for the invariant tests: what the database really holds, problem bodies, and
-requests fired at the live server all at once.
+"""Shared checks for the invariant tests: what the database really holds, what a query had to
+read to answer, problem bodies, and requests fired at the live server all at once.
 
 The database checks connect with the admin URL (a superuser: Row Level Security does not hide
 anything from it), so they see every tenant's rows, committed ones only.
@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.rows import tuple_row
 
 PROBLEM_BASE = "https://slotwise.dev/problems/"
 
@@ -70,6 +71,17 @@ def row_counts(admin_url: str, tenant_id: str) -> dict[str, int]:
             assert row is not None
             counts[table] = int(row[0])
     return counts
+
+
+async def fetched_rows(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    """Rows the current transaction has fetched so far, per table, as PostgreSQL counted them
+    (whatever plans it chose): a read that should not grow with a table's history must not
+    fetch it."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+    )
+    return {name: int(count) for name, count in await cur.fetchall()}
 
 
 def lock_key(resource_id: str) -> int:

@@ -4,6 +4,7 @@ which records reads too."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,8 +12,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 
+from service import repository as repo
+from service.db import Database
 from tests.integration.conftest import Api, Infra
-from tests.integration.invariants import assert_problem
+from tests.integration.invariants import assert_problem, fetched_rows
 from tests.integration.tenancy import WEEKDAYS, Tenant, make_tenant
 
 NY = "America/New_York"
@@ -394,3 +397,32 @@ def test_the_retired_cursor_is_refused_not_ignored(api: Api) -> None:
             problem = assert_problem(r, 422, "invalid-input")
             assert problem["field"] == "after_id"
             assert "next_after" in problem["detail"]
+
+
+def test_a_poll_of_the_activity_feed_does_not_walk_the_reads(api: Api, infra: Infra) -> None:
+    """3,000 reads since the last change: polling the activity feed from that change fetches
+    none of them (it used to walk them all, on every poll), and the audit trail has them all."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), staff=0, rooms=0)
+        _, after = page_all(client, tenant, "0.0")
+    with psycopg.connect(infra.admin_url) as conn:
+        conn.execute(
+            "INSERT INTO audit_events (tenant_id, actor, action, entity)"
+            " SELECT %s, 'test', 'availability.read', 'service' FROM generate_series(1, 3000)",
+            (tenant.id,),
+        )
+    cursor = tuple(int(part) for part in after.split("."))
+
+    async def poll(writes_only: bool) -> tuple[int, int]:
+        db = await Database.open(infra.app_url, 1, 1)
+        try:
+            async with db.transaction(tenant.id) as conn:
+                events = await repo.audit_feed(conn, (cursor[0], cursor[1]), 5000, writes_only)
+                return len(events), (await fetched_rows(conn))["audit_events"]
+        finally:
+            await db.close()
+
+    activity, fetched = asyncio.run(poll(writes_only=True))
+    assert (activity, fetched) == (0, 0)
+    trail, _ = asyncio.run(poll(writes_only=False))
+    assert trail >= 3000

@@ -21,8 +21,9 @@ import pytest
 
 from engine.intervals import Interval
 from service import repository as repo
-from service.db import Conn, Database
+from service.db import Database
 from tests.integration.conftest import Api, Infra
+from tests.integration.invariants import fetched_rows
 from tests.integration.tenancy import Tenant, make_tenant
 
 HISTORY = 3000  # bookings, and as many exceptions, before the window
@@ -67,15 +68,6 @@ def tenant_with_history(api: Api, infra: Infra) -> Iterator[Tenant]:
     yield tenant
 
 
-async def _fetched(conn: Conn) -> dict[str, int]:
-    """Rows this transaction has fetched so far, per table."""
-    cur = await conn.execute(
-        "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) AS fetched"
-        " FROM pg_stat_xact_user_tables"
-    )
-    return {row["relname"]: int(row["fetched"]) for row in await cur.fetchall()}
-
-
 @pytest.mark.parametrize("spans_only", [False, True], ids=["entries", "merged spans"])
 def test_a_window_read_fetches_no_history(
     infra: Infra, tenant_with_history: Tenant, spans_only: bool
@@ -89,7 +81,7 @@ def test_a_window_read_fetches_no_history(
                 calendars = await repo.load_calendars(
                     conn, catalog, resources, WINDOW, spans_only=spans_only
                 )
-                fetched = await _fetched(conn)
+                fetched = await fetched_rows(conn)
         finally:
             await db.close()
         busy = [
@@ -110,7 +102,7 @@ def test_listing_a_window_fetches_no_history(infra: Infra, tenant_with_history: 
         try:
             async with db.transaction(tenant_with_history.id) as conn:
                 listed = await repo.list_bookings(conn, WINDOW, None, limit=100)
-                return listed, await _fetched(conn)
+                return listed, await fetched_rows(conn)
         finally:
             await db.close()
 
