@@ -6,18 +6,25 @@
 -- (under its advisory lock) and each availability read grew with the resource's history.
 -- Timestamp comparisons are leakproof, so the bounds are kept beside `during` and indexed;
 -- `ends_at > lo AND starts_at < hi` is the overlap of half-open ranges.
+--
+-- A booking's footprint is its service's duration and buffers, at most 1440 + 720 + 720
+-- minutes: one overlapping [lo, hi) started after lo - 48 hours, which bounds the index scan on
+-- both sides (the resource's past and its future bookings are never read).
 ALTER TABLE booking_resources
     ADD COLUMN starts_at timestamptz NOT NULL GENERATED ALWAYS AS (lower(during)) STORED,
     ADD COLUMN ends_at timestamptz NOT NULL GENERATED ALWAYS AS (upper(during)) STORED,
-    ADD CONSTRAINT booking_resources_half_open CHECK (lower_inc(during) AND NOT upper_inc(during));
--- From the window's start to the resource's last booking: its history before the window is
--- never read; `starts_at < hi` is checked in the index, so later bookings cost no row read.
-CREATE INDEX booking_resources_window ON booking_resources (resource_id, ends_at, starts_at)
+    ADD CONSTRAINT booking_resources_footprint CHECK (
+        lower_inc(during) AND NOT upper_inc(during)
+        AND upper(during) - lower(during) <= interval '48 hours');
+CREATE INDEX booking_resources_window ON booking_resources (resource_id, starts_at, ends_at)
     WHERE active;
 
+-- Time off has no such bound, so exceptions are searched from the window's start on (a
+-- resource has few). An exception open-ended by hand (the API takes none) ends at infinity.
 ALTER TABLE resource_exceptions
     ADD COLUMN starts_at timestamptz NOT NULL GENERATED ALWAYS AS (lower(during)) STORED,
-    ADD COLUMN ends_at timestamptz NOT NULL GENERATED ALWAYS AS (upper(during)) STORED;
+    ADD COLUMN ends_at timestamptz NOT NULL
+        GENERATED ALWAYS AS (coalesce(upper(during), 'infinity')) STORED;
 -- The range index served no query of the service's role (see above).
 DROP INDEX resource_exceptions_during;
 CREATE INDEX resource_exceptions_window ON resource_exceptions (resource_id, ends_at, starts_at);
@@ -28,3 +35,6 @@ CREATE INDEX resource_exceptions_window ON resource_exceptions (resource_id, end
 -- booking overlapping [lo, hi) started after lo - 24 hours, which bounds the scan from below.
 ALTER TABLE bookings
     ADD CONSTRAINT bookings_within_a_day CHECK (ends_at - starts_at <= interval '24 hours');
+
+-- Each ALTER above holds its table exclusively while it rewrites or checks every row, and
+-- `slotwise serve` migrates at start: on a large database, expect that long a pause.

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -223,6 +224,47 @@ def test_misnamed_migration_file_is_refused(scratch_db: str, tmp_path: Path) -> 
     (folder / "2_oops.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"2_oops\.sql"):
         migrate(scratch_db, migrations_dir=folder)
+
+
+def test_window_bounds_migrate_the_rows_older_schemas_allowed(
+    scratch_db: str, tmp_path: Path
+) -> None:
+    """Migration 0007 stores each range's bounds: over a booking, and over an exception left
+    open-ended by hand (0002's check allows one; the API takes none), which ends at infinity
+    rather than failing the migration."""
+    folder = tmp_path / "before_0007"
+    folder.mkdir()
+    for migration in discover():
+        if migration.version < 7:
+            shutil.copy(migration.path, folder)
+    migrate(scratch_db, migrations_dir=folder)
+    ids = {key: str(uuid.uuid4()) for key in ("t", "r", "s", "b", "e")}
+    params = {**ids, "lo": "2027-01-04 09:00Z", "hi": "2027-01-04 09:30Z"}
+    with psycopg.connect(scratch_db) as conn:
+        for statement in (
+            "INSERT INTO tenants (id, name, zone) VALUES (%(t)s, 'T', 'UTC')",
+            "INSERT INTO resources (id, tenant_id, kind, name, zone)"
+            " VALUES (%(r)s, %(t)s, 'staff', 'S', 'UTC')",
+            "INSERT INTO services (id, tenant_id, name, duration_minutes, requirements)"
+            " VALUES (%(s)s, %(t)s, 'Cut', 30, '[{\"kind\": \"staff\"}]')",
+            "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at)"
+            " VALUES (%(b)s, %(t)s, %(s)s, 'confirmed', %(lo)s, %(hi)s)",
+            "INSERT INTO booking_resources (tenant_id, booking_id, resource_id,"
+            " requirement_index, service_id, during, local_day, minutes)"
+            " VALUES (%(t)s, %(b)s, %(r)s, 0, %(s)s, tstzrange(%(lo)s, %(hi)s), '2027-01-04', 30)",
+            "INSERT INTO resource_exceptions (id, tenant_id, resource_id, kind, during)"
+            " VALUES (%(e)s, %(t)s, %(r)s, 'time_off', tstzrange(%(lo)s, NULL))",
+        ):
+            conn.execute(statement, params)
+    migrate(scratch_db)
+    with psycopg.connect(scratch_db) as conn:
+        assert conn.execute(
+            "SELECT starts_at::text, ends_at::text FROM booking_resources"
+            " UNION ALL SELECT starts_at::text, ends_at::text FROM resource_exceptions"
+        ).fetchall() == [
+            ("2027-01-04 09:00:00+00", "2027-01-04 09:30:00+00"),
+            ("2027-01-04 09:00:00+00", "infinity"),
+        ]
 
 
 # --- valkey --------------------------------------------------------------------------------------
