@@ -9,7 +9,7 @@
 --
 -- A booking's footprint is its service's duration and buffers, at most 1440 + 720 + 720
 -- minutes: one overlapping [lo, hi) started after lo - 48 hours, which bounds the index scan on
--- both sides (the resource's past and its future bookings are never read).
+-- both sides (neither the resource's past nor its bookings after the window are read).
 ALTER TABLE booking_resources
     ADD COLUMN starts_at timestamptz NOT NULL GENERATED ALWAYS AS (lower(during)) STORED,
     ADD COLUMN ends_at timestamptz NOT NULL GENERATED ALWAYS AS (upper(during)) STORED,

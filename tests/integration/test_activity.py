@@ -411,13 +411,13 @@ def test_a_poll_of_the_activity_feed_does_not_walk_the_reads(api: Api, infra: In
             " SELECT %s, 'test', 'availability.read', 'service' FROM generate_series(1, 3000)",
             (tenant.id,),
         )
-    cursor = tuple(int(part) for part in after.split("."))
+    xact, event_id = (int(part) for part in after.split("."))
 
     async def poll(writes_only: bool) -> tuple[int, int]:
         db = await Database.open(infra.app_url, 1, 1)
         try:
             async with db.transaction(tenant.id) as conn:
-                events = await repo.audit_feed(conn, (cursor[0], cursor[1]), 5000, writes_only)
+                events = await repo.audit_feed(conn, (xact, event_id), 5000, writes_only)
                 return len(events), (await fetched_rows(conn))["audit_events"]
         finally:
             await db.close()

@@ -60,7 +60,7 @@ QUARTER_HOURS = st.integers(-8, 48)
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=QUARTER_HOURS, length=st.integers(1, 56))
-def test_merged_busy_time_leaves_the_same_free_time(
+def test_a_window_reads_what_overlaps_it_and_merging_keeps_the_free_time(
     infra: Infra, busy_tenant: Tenant, first: int, length: int
 ) -> None:
     window = Interval(
