@@ -836,7 +836,10 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
 
 
 def on_service_error(_: Request[Any, Any, State], exc: ServiceError) -> Response[Any]:
-    return Response(content=exc.problem(), status_code=exc.status, media_type=PROBLEM)
+    headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return Response(
+        content=exc.problem(), status_code=exc.status, media_type=PROBLEM, headers=headers
+    )
 
 
 def on_engine_error(_: Request[Any, Any, State], exc: ValueError) -> Response[Any]:

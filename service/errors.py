@@ -17,6 +17,9 @@ class ServiceError(Exception):
     status = 400
     slug = "bad-request"
     title = "Bad request"
+    # Seconds a client should wait before trying the same request again, sent as the
+    # Retry-After header; None where trying again would not help.
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -85,9 +88,11 @@ class IdempotencyMismatch(ServiceError):
 
 class IdempotencyInFlight(ServiceError):
     status, slug, title = 409, "idempotency-in-flight", "A request with this key is in progress"
+    retry_after_s = 1
 
 
 class Unavailable(ServiceError):
     """A dependency the request cannot do without is down (PostgreSQL: fail closed)."""
 
     status, slug, title = 503, "unavailable", "Service temporarily unavailable"
+    retry_after_s = 1

@@ -183,6 +183,7 @@ def test_killed_while_waiting_for_the_resource_lock(api: Api, infra: Infra) -> N
 
         # A dropped connection fails closed: 503, never an acknowledgement.
         assert_problem(killed, 503, "unavailable")
+        assert killed.headers["Retry-After"] == "1"
         assert row_counts(infra.admin_url, tenant.id)["bookings"] == 0
 
         # The pool recovers and the slot is still free: the next attempt books it.
