@@ -8,6 +8,10 @@ One run, one throwaway PostgreSQL + Valkey pair, one live server:
   the HTTP run and once after; the baseline is their combined rate;
 - availability: sequential GETs of 14 days of availability over HTTP, after the bookings;
 - double bookings: a SQL self-join over every active booking_resources pair.
+
+With ``history``, each staff member first gets that many past bookings (one every 6 hours
+back from the first target day), written in bulk by the admin: what a calendar in use for
+years has behind it, which no read of the coming weeks should have to go through.
 """
 
 from __future__ import annotations
@@ -80,6 +84,34 @@ def _setup(
     )
     r.raise_for_status()
     return headers, r.json()["id"], staff_ids
+
+
+def _add_history(admin_url: str, service_id: str, staff_ids: list[str], per_staff: int) -> None:
+    """``per_staff`` past 30-minute bookings for each staff member, before `FIRST_DAY`."""
+    params = {"s": service_id, "staff": staff_ids, "n": per_staff, "first": FIRST_DAY}
+    with psycopg.connect(admin_url) as conn:
+        conn.execute(
+            "CREATE TEMP TABLE history ON COMMIT DROP AS"
+            " SELECT gen_random_uuid() AS id, staff, %(first)s - n * interval '6 hours' AS at"
+            " FROM unnest(%(staff)s::uuid[]) AS staff, generate_series(1, %(n)s) AS n",
+            params,
+        )
+        conn.execute(
+            "INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at)"
+            " SELECT h.id, s.tenant_id, s.id, 'confirmed', h.at, h.at + interval '30 minutes'"
+            " FROM history h, services s WHERE s.id = %(s)s",
+            params,
+        )
+        conn.execute(
+            "INSERT INTO booking_resources (tenant_id, booking_id, resource_id,"
+            " requirement_index, service_id, during, local_day, minutes)"
+            " SELECT s.tenant_id, h.id, h.staff, 0, s.id,"
+            " tstzrange(h.at, h.at + interval '30 minutes'), (h.at AT TIME ZONE 'UTC')::date, 30"
+            " FROM history h, services s WHERE s.id = %(s)s",
+            params,
+        )
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("ANALYZE bookings, booking_resources")
 
 
 def _targets(staff_ids: list[str], count: int) -> list[tuple[str, datetime]]:
@@ -184,7 +216,7 @@ def _availability_p50(
 
 
 def run(
-    bookings: int = 2000, concurrency: int = 32, staff: int = 40, workers: int = 2
+    bookings: int = 2000, concurrency: int = 32, staff: int = 40, workers: int = 2, history: int = 0
 ) -> dict[str, Any]:
     with throwaway() as endpoints:
         migrate(endpoints.admin_url, app_url=endpoints.app_url)
@@ -196,6 +228,8 @@ def run(
         ) as base_url:
             with httpx.Client(base_url=base_url, timeout=60) as client:
                 headers, service_id, staff_ids = _setup(client, keys.admin_key, staff)
+            if history:
+                _add_history(endpoints.admin_url, service_id, staff_ids, history)
             targets = _targets(staff_ids, bookings)
             # The baseline runs before and after the HTTP run: a shared machine's speed drifts
             # within a run, and one side alone would carry that drift into the ratio.
@@ -210,6 +244,9 @@ def run(
             stored = conn.execute(
                 "SELECT count(*) FROM bookings WHERE id = ANY(%s::uuid[]) AND status = 'confirmed'",
                 (confirmed,),
+            ).fetchone()
+            past = conn.execute(
+                "SELECT count(*) FROM bookings WHERE starts_at < %s", (FIRST_DAY,)
             ).fetchone()
     confirmed_per_s = len(confirmed) / http_s
     raw_per_s = 2 * bookings / (raw_before_s + raw_after_s)
@@ -226,4 +263,6 @@ def run(
         "outcomes": {str(k): v for k, v in sorted(outcomes.items())},
         "concurrency": concurrency,
         "workers": workers,
+        "history_per_staff": history,
+        "history_in_db": int(past[0]) if past else -1,
     }

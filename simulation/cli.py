@@ -48,11 +48,17 @@ def bench_booking(
     bookings: int = typer.Option(2000, min=10, help="Hold + confirm attempts."),
     concurrency: int = typer.Option(32, min=1, help="Concurrent clients."),
     workers: int = typer.Option(2, min=1, help="Server worker processes."),
+    history: int = typer.Option(
+        0, min=0, help="Past bookings per staff member, written before the run."
+    ),
 ) -> None:
     """Hold + confirm over HTTP vs raw advisory-lock + insert transactions (same run)."""
     from simulation.bench_booking import run
 
-    emit(run(bookings=bookings, concurrency=concurrency, workers=workers), json_output)
+    emit(
+        run(bookings=bookings, concurrency=concurrency, workers=workers, history=history),
+        json_output,
+    )
 
 
 @bench_app.command("assign")

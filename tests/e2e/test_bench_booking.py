@@ -9,10 +9,11 @@ from simulation.bench_booking import run
 
 
 def test_a_small_booking_benchmark_reports_what_happened() -> None:
-    result = run(bookings=60, concurrency=4, staff=3, workers=1)
+    result = run(bookings=60, concurrency=4, staff=3, workers=1, history=50)
+    assert (result["history_per_staff"], result["history_in_db"]) == (50, 50 * 3)
     assert result["outcomes"] == {"201": 60}
     assert result["confirmed"] == result["acknowledged_in_db"] == 60
-    assert result["double_bookings"] == 0
+    assert result["double_bookings"] == 0  # over the history's rows too
     before, after = result["raw_runs_per_s"]
     assert before > 0 and after > 0
     # The baseline is the combined rate of its two runs (a harmonic mean of their rates).
