@@ -89,7 +89,7 @@ def _setup(
 def _add_history(admin_url: str, service_id: str, staff_ids: list[str], per_staff: int) -> None:
     """``per_staff`` past 30-minute bookings for each staff member, before `FIRST_DAY`."""
     params = {"s": service_id, "staff": staff_ids, "n": per_staff, "first": FIRST_DAY}
-    with psycopg.connect(admin_url) as conn:
+    with psycopg.connect(admin_url) as conn, conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE history ON COMMIT DROP AS"
             " SELECT gen_random_uuid() AS id, staff, %(first)s - n * interval '6 hours' AS at"
@@ -110,8 +110,7 @@ def _add_history(admin_url: str, service_id: str, staff_ids: list[str], per_staf
             " FROM history h, services s WHERE s.id = %(s)s",
             params,
         )
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("ANALYZE bookings, booking_resources")
+        conn.execute("ANALYZE bookings, booking_resources")  # plans fit for the new rows
 
 
 def _targets(staff_ids: list[str], count: int) -> list[tuple[str, datetime]]:
