@@ -85,6 +85,17 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        """A connection outside any transaction (autocommit: each statement is one), for a
+        statement that sets the tenant itself (`repository.load_calendars`); until one does,
+        Row Level Security shows nothing. PostgreSQL down fails closed, as in `transaction`."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout, *_SESSION_ENDED) as exc:
+            raise Unavailable("the database is unavailable; nothing was changed") from exc
+
+    @asynccontextmanager
     async def transaction(self, tenant_id: str | None) -> AsyncIterator[Conn]:
         """A transaction scoped to ``tenant_id`` (None: no tenant — RLS then shows nothing).
 

@@ -23,7 +23,7 @@ from engine.assignment import (
     assign,
     booking_entry,
 )
-from engine.calendar import instant
+from engine.calendar import ResourceCalendar, instant
 from engine.intervals import Interval
 from engine.model import Resource, Rules
 from engine.slots import NoQualifiedResource, Offered, explain, grid
@@ -302,7 +302,7 @@ class QueueService:
                 )
                 for e in entries
             ]
-            calendars = {}
+            calendars: dict[str, ResourceCalendar] = {}
             if queue:
                 resources: dict[str, Resource] = {}
                 for item in queue:
@@ -311,7 +311,7 @@ class QueueService:
                     min(q.earliest - q.service.buffer_before for q in queue),
                     max(q.latest + q.service.duration + q.service.buffer_after for q in queue),
                 )
-                calendars = await repo.load_calendars(conn, catalog, resources, span)
+                _, calendars = await repo.load_calendars(conn, catalog, resources, span)
             await audit(
                 conn,
                 caller,
@@ -437,7 +437,7 @@ class QueueService:
                 usable = catalog.resources_for(record.service, freed_ids)
                 if not usable:
                     continue
-                service, calendars = await self.booking.calendars_for(
+                _, service, calendars = await self.booking.calendars_for(
                     conn,
                     catalog,
                     record.service,

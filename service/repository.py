@@ -317,6 +317,7 @@ def _service_record(
 class Catalog:
     """A tenant's services, active resources and working hours at one catalog version."""
 
+    tenant_id: str
     version: int
     services: dict[str, ServiceRecord]
     resources: dict[str, Resource]
@@ -346,15 +347,21 @@ CATALOG_VERSION_SQL = "SELECT catalog_version FROM tenants WHERE id = %s"
 class CatalogCache:
     """Per-tenant catalogs in memory, checked against `tenants.catalog_version` (bumped by
     triggers on every catalog change) in every transaction that uses them, so they are never
-    stale. The check rides in the same pipeline round trip as the reads that depend on it."""
+    stale. Where calendars are read, the check costs no statement: `load_calendars` returns
+    the version its own statement saw."""
 
     def __init__(self, max_tenants: int = 1024) -> None:
         self._entries: OrderedDict[str, Catalog] = OrderedDict()
         self._max = max_tenants
 
     async def get(self, conn: Conn, tenant_id: str) -> Catalog:
-        catalog, _ = await self.read(conn, tenant_id, _no_reads)
-        return catalog
+        """The current catalog (``conn``: in a transaction scoped to the tenant)."""
+        version = await current_version(conn, tenant_id)
+        cached = self._entries.get(tenant_id)
+        if cached is not None and cached.version == version:
+            self._entries.move_to_end(tenant_id)
+            return cached
+        return await self._load(conn, tenant_id, version)
 
     def cached(self, tenant_id: str) -> Catalog | None:
         """The catalog last read for ``tenant_id``, unchecked: a caller that decides with it
@@ -362,49 +369,51 @@ class CatalogCache:
         return self._entries.get(tenant_id)
 
     async def read(
-        self, conn: Conn, tenant_id: str, reads: Callable[[Catalog], Awaitable[T]]
+        self, conn: Conn, tenant_id: str, reads: Callable[[Catalog], Awaitable[tuple[int, T]]]
     ) -> tuple[Catalog, T]:
-        """The current catalog and ``reads(catalog)``: the queries that depend on it.
+        """The current catalog and the result of ``reads(catalog)``, the queries that depend
+        on it, which return with their result the catalog version their statement saw.
 
-        ``reads`` first runs against the cached catalog while the version query is still in
-        flight (pipeline mode sends both before waiting); only if the cache proves stale is
-        the catalog reloaded and ``reads`` run again. So ``reads`` must be safe to repeat in
-        one transaction (reads, and advisory locks, which a transaction may re-take)."""
-        version_cursor = await conn.execute(CATALOG_VERSION_SQL, (tenant_id,))
-        fetched: list[int] = []
-
-        async def version() -> int:
-            if not fetched:
-                row = await version_cursor.fetchone()
-                if row is None:
-                    raise NotFound("tenant not found")
-                fetched.append(int(row["catalog_version"]))
-            return fetched[0]
-
+        ``reads`` first runs against the cached catalog; only if that proves stale is the
+        catalog reloaded and ``reads`` run again. So ``reads`` must be safe to repeat in one
+        transaction (reads, and advisory locks, which a transaction may re-take). ``conn``: in
+        a transaction scoped to the tenant."""
         cached = self._entries.get(tenant_id)
-        if cached is not None:
+        if cached is None:
+            version = await current_version(conn, tenant_id)
+        else:
             try:
-                result = await reads(cached)
+                version, result = await reads(cached)
             except ServiceError:
-                if await version() == cached.version:
+                version = await current_version(conn, tenant_id)
+                if version == cached.version:
                     raise  # a real refusal, not an artefact of a stale catalog
             else:
-                if await version() == cached.version:
+                if version == cached.version:
                     self._entries.move_to_end(tenant_id)
                     return cached, result
-        catalog = await _load_catalog(conn, await version())
+        catalog = await self._load(conn, tenant_id, version)
+        _, result = await reads(catalog)
+        return catalog, result
+
+    async def _load(self, conn: Conn, tenant_id: str, version: int) -> Catalog:
+        catalog = await _load_catalog(conn, tenant_id, version)
         self._entries[tenant_id] = catalog
         self._entries.move_to_end(tenant_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        return catalog, await reads(catalog)
+        return catalog
 
 
-async def _no_reads(_: Catalog) -> None:
-    return None
+async def current_version(conn: Conn, tenant_id: str) -> int:
+    cur = await conn.execute(CATALOG_VERSION_SQL, (tenant_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound("tenant not found")
+    return int(row["catalog_version"])
 
 
-async def _load_catalog(conn: Conn, version: int) -> Catalog:
+async def _load_catalog(conn: Conn, tenant_id: str, version: int) -> Catalog:
     cur = await conn.execute("SELECT zone, rules FROM tenants")
     tenant = await cur.fetchone()
     if tenant is None:
@@ -444,7 +453,9 @@ async def _load_catalog(conn: Conn, version: int) -> Catalog:
                     row["rrule"],
                 )
             )
-    return Catalog(version, services, resources, {rid: tuple(h) for rid, h in hours.items()})
+    return Catalog(
+        tenant_id, version, services, resources, {rid: tuple(h) for rid, h in hours.items()}
+    )
 
 
 async def load_calendars(
@@ -455,86 +466,66 @@ async def load_calendars(
     exclude: Sequence[str] = (),
     *,
     spans_only: bool = False,
-) -> dict[str, ResourceCalendar]:
-    """Calendars of ``resources`` for questions about ``window``: working hours from the
-    catalog; exceptions and bookings overlapping the window; per-day booking counts for daily
-    capacity (one aggregate over the whole local days around the window, only for resources
-    with a daily limit; the busy entries themselves are then not counted again).
-    Bookings in ``exclude`` are left out (a reschedule does not collide with itself).
+    lock: Sequence[str] = (),
+) -> tuple[int, dict[str, ResourceCalendar]]:
+    """Calendars of ``resources`` for questions about ``window``, and the catalog version the
+    same statement saw (`CatalogCache.read` checks a cached catalog by it). Working hours come
+    from the catalog; exceptions and bookings overlapping the window, and per-day booking
+    counts for daily capacity (over the whole local days around the window, only for
+    resources with a daily limit; the busy entries themselves are then not counted again),
+    from one call of `calendar_window` (migration 0009), which also sets the tenant: it needs no
+    transaction around it. Bookings in ``exclude`` are left out (a reschedule does not collide
+    with itself). ``lock``: resources whose advisory locks (layer 2) the call takes first, so
+    everything it returns is read under them.
 
     ``spans_only``: for questions about free time alone (availability), busy time comes merged
     per resource and kind, without the entries' ids: over a window of weeks a booked-up
     resource is a few spans instead of hundreds of rows, each of which cost a Python object
     or three (most of such a request's CPU)."""
-    if not resources:
-        return {}
     ids = list(resources)
-    busy: dict[str, list[Busy]] = {rid: [] for rid in ids}
-    # Tuples, not dicts: a window of weeks is thousands of rows (dict rows cost ~6% of such
-    # an availability request).
-    cur = conn.cursor(row_factory=tuple_row)
-    await cur.execute(
-        _MERGED_BUSY_SQL if spans_only else _BUSY_SQL,
-        # Bounds, not a Range: psycopg spends ~0.03 ms of CPU more dumping a Range (measured).
-        {"ids": ids, "lo": window.start, "hi": window.end, "exclude": list(exclude)},
-    )
     limited = [
         rid
         for rid, r in resources.items()
         if r.daily_capacity is not None or r.daily_minutes is not None
     ]
+    # Tuples, not dicts: a window of weeks is thousands of rows (dict rows cost ~6% of such
+    # an availability request).
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT * FROM calendar_window(%s, %s::uuid[], %s, %s, %s::uuid[], %s, %s::uuid[], %s, %s,"
+        " %s::bigint[])",
+        (
+            catalog.tenant_id,
+            ids,
+            # Bounds, not a Range: psycopg spends ~0.03 ms of CPU more dumping a Range.
+            window.start,
+            window.end,
+            list(exclude),
+            spans_only,
+            limited,
+            # Local days of any zone touching the window lie within a day of its UTC dates.
+            (window.start - timedelta(days=1)).date(),
+            (window.end + timedelta(days=1)).date(),
+            lock_keys(lock),
+        ),
+    )
+    version: int | None = None
+    busy: dict[str, list[Busy]] = {rid: [] for rid in ids}
     loads: dict[str, dict[date, tuple[int, int]]] = {rid: {} for rid in ids}
-    load_cur = None
-    if limited:  # queued before the first fetch: both answers come back in one round trip
-        # Local days of any zone touching the window lie within a day of its UTC dates.
-        first = (window.start - timedelta(days=1)).date()
-        last = (window.end + timedelta(days=1)).date()
-        load_cur = await conn.execute(
-            "SELECT resource_id::text AS rid, local_day, count(*) AS n, sum(minutes) AS minutes"
-            " FROM booking_resources WHERE active AND resource_id = ANY(%s::uuid[])"
-            " AND local_day BETWEEN %s AND %s AND NOT booking_id = ANY(%s::uuid[])"
-            " GROUP BY 1, 2",
-            (limited, first, last, list(exclude)),
-        )
-    for rid, kind, lo, hi, ref, minutes in await cur.fetchall():
-        busy[rid].append(Busy(Interval(lo, hi), ref, _BUSY_KINDS[kind], minutes=minutes))
-    if load_cur is not None:
-        for row in await load_cur.fetchall():
-            loads[row["rid"]][row["local_day"]] = (int(row["n"]), int(row["minutes"]))
-    return {
+    for entry, rid, lo, hi, ref, minutes, n, day in await cur.fetchall():
+        if entry == "version":
+            version = int(n)
+        elif entry == "load":
+            loads[rid][day] = (int(n), int(minutes))
+        else:
+            busy[rid].append(Busy(Interval(lo, hi), ref, _BUSY_KINDS[entry], minutes=minutes))
+    if version is None:
+        raise NotFound("tenant not found")
+    return version, {
         rid: ResourceCalendar(resources[rid], catalog.hours.get(rid, ()), busy[rid], loads[rid])
         for rid in ids
     }
 
-
-# The exceptions and the active bookings of the resources overlapping a window. By the stored
-# bounds, not `during && tstzrange(...)`: under Row Level Security no range function may
-# search an index, and each read went through the resources' whole history. A booking's
-# footprint lasts at most 48 hours, which bounds its start from below. (Migration 0007.)
-_EXCEPTIONS_IN_WINDOW = (
-    " FROM resource_exceptions WHERE resource_id = ANY(%(ids)s::uuid[])"
-    " AND ends_at > %(lo)s AND starts_at < %(hi)s"
-)
-_BOOKINGS_IN_WINDOW = (
-    " FROM booking_resources WHERE active AND resource_id = ANY(%(ids)s::uuid[])"
-    " AND starts_at > %(lo)s - interval '48 hours' AND starts_at < %(hi)s AND ends_at > %(lo)s"
-    " AND NOT booking_id = ANY(%(exclude)s::uuid[])"
-)
-# Busy time entry by entry ...
-_BUSY_SQL = (
-    "SELECT resource_id::text, kind, starts_at, ends_at, id::text, NULL::integer"
-    f"{_EXCEPTIONS_IN_WINDOW} UNION ALL"
-    " SELECT resource_id::text, 'booking', starts_at, ends_at, booking_id::text,"
-    f" minutes{_BOOKINGS_IN_WINDOW}"
-)
-# ... or merged per resource and kind (touching spans join), in rows without ids.
-_MERGED_BUSY_SQL = (
-    "SELECT rid, kind, lower(span), upper(span), '', NULL::integer FROM ("
-    " SELECT resource_id::text AS rid, kind, unnest(range_agg(during)) AS span"
-    f"{_EXCEPTIONS_IN_WINDOW} GROUP BY 1, 2 UNION ALL"
-    f" SELECT resource_id::text, 'booking', unnest(range_agg(during)){_BOOKINGS_IN_WINDOW}"
-    " GROUP BY 1) AS merged"
-)
 
 _BUSY_KINDS = {
     "booking": BusyKind.BOOKING,
@@ -544,13 +535,20 @@ _BUSY_KINDS = {
 
 
 # --- bookings --------------------------------------------------------------------------------
-async def lock_resources(conn: Conn, resource_ids: Iterable[str]) -> None:
-    """Layer 2: transaction-scoped advisory locks, always taken in one global order (sorted
-    keys), so two bookings over the same resources in opposite orders cannot deadlock."""
+def lock_keys(resource_ids: Iterable[str]) -> list[int]:
+    """Layer 2's advisory-lock keys for ``resource_ids``: sorted, so that locks taken in their
+    order follow one global order and two bookings over the same resources in opposite orders
+    cannot deadlock."""
     keys = sorted({uuid.UUID(rid).int >> 64 for rid in resource_ids})
-    signed = [k - (1 << 64) if k >= 1 << 63 else k for k in keys]
+    return [k - (1 << 64) if k >= 1 << 63 else k for k in keys]  # as signed bigints
+
+
+async def lock_resources(conn: Conn, resource_ids: Iterable[str]) -> None:
+    """Layer 2: transaction-scoped advisory locks on ``resource_ids`` (see `lock_keys`)."""
     # unnest yields in array order, and the select list is evaluated row by row in that order.
-    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (signed,))
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (lock_keys(resource_ids),)
+    )
 
 
 @dataclass(frozen=True, slots=True)

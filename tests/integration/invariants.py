@@ -85,7 +85,7 @@ async def fetched_rows(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
 
 
 def lock_key(resource_id: str) -> int:
-    """The advisory-lock key `repository.lock_resources` takes for a resource (signed bigint)."""
+    """The advisory-lock key `repository.lock_keys` gives a resource (signed bigint)."""
     key = uuid.UUID(resource_id).int >> 64
     return key - (1 << 64) if key >= 1 << 63 else key
 

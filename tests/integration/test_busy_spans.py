@@ -73,8 +73,8 @@ def test_a_window_reads_what_overlaps_it_and_merging_keeps_the_free_time(
         try:
             async with db.transaction(busy_tenant.id) as conn:
                 catalog = await repo.CatalogCache().get(conn, busy_tenant.id)
-                entries = await repo.load_calendars(conn, catalog, catalog.resources, window)
-                merged = await repo.load_calendars(
+                _, entries = await repo.load_calendars(conn, catalog, catalog.resources, window)
+                _, merged = await repo.load_calendars(
                     conn, catalog, catalog.resources, window, spans_only=True
                 )
         finally:

@@ -121,7 +121,7 @@ def test_a_window_read_fetches_no_history(
         try:
             async with db.transaction(tenant_with_history.id) as conn:
                 catalog = await repo.CatalogCache().get(conn, tenant_with_history.id)
-                calendars = await repo.load_calendars(
+                _, calendars = await repo.load_calendars(
                     conn, catalog, {first: catalog.resources[first]}, WINDOW, spans_only=spans_only
                 )
                 fetched = await fetched_rows(conn)

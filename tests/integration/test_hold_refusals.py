@@ -24,7 +24,7 @@ from service.audit_batch import BatchedAudit
 from service.auth import Caller
 from service.booking import IN_TRANSACTION_HOLDS_S, BookingService
 from service.db import Database
-from service.errors import SlotConflict, Unavailable
+from service.errors import ServiceError, SlotConflict, Unavailable
 from service.holds import Claim, HoldTokens, RedisHoldStore, new_nonce, valkey_client
 from tests.integration.conftest import Api, Infra
 from tests.integration.tenancy import Tenant, make_tenant
@@ -368,3 +368,34 @@ def test_releasing_a_degraded_hold_clears_what_its_acquire_left_in_valkey(
 
     again = asyncio.run(scenario())
     assert again["degraded"] is False
+
+
+def test_a_hold_checked_against_a_stale_cached_catalog_is_decided_by_the_current_one(
+    infra: Infra, tenant: Tenant
+) -> None:
+    """A hold's check is one statement outside any transaction, with the worker's cached
+    catalog, and that statement reports the catalog version it saw. A catalog changed since
+    (here: the staff member deactivated) must be noticed and the hold decided on the current
+    catalog, as a worker with nothing cached decides it."""
+
+    async def scenario() -> tuple[type[Exception], type[Exception]]:
+        async with booking_service(infra) as stale, booking_service(infra) as fresh:
+            holder, _ = callers(infra.admin_url, tenant.id)
+            pins = [tenant.staff[0], tenant.rooms[0]]
+            first = await stale.create_hold(holder, tenant.service_id, START, pins, None, None, "a")
+            assert first["resources"][0]["resource_id"] == tenant.staff[0]  # cached now
+            with psycopg.connect(infra.admin_url) as admin:  # the version trigger needs the tenant
+                admin.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant.id,))
+                admin.execute("UPDATE resources SET active = false WHERE id = %s", (pins[0],))
+            later = START + timedelta(hours=2)
+            refused = []
+            for service in (stale, fresh):
+                with pytest.raises(ServiceError) as caught:
+                    await service.create_hold(
+                        holder, tenant.service_id, later, pins, None, None, "b"
+                    )
+                refused.append(type(caught.value))
+            return refused[0], refused[1]
+
+    from_stale_cache, from_nothing_cached = asyncio.run(scenario())
+    assert from_stale_cache is from_nothing_cached

@@ -21,7 +21,7 @@ SKILLS = ("cut", "colour")
 
 
 def catalog_of(resources: list[Resource]) -> repo.Catalog:
-    return repo.Catalog(1, {}, {r.id: r for r in resources}, {})
+    return repo.Catalog("tenant", 1, {}, {r.id: r for r in resources}, {})
 
 
 def service_of(*requirements: Requirement) -> Service:
