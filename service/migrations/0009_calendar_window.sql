@@ -79,3 +79,18 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The batched audit writer's batch, for the same reason: one statement outside any transaction
+-- (it commits by itself) where it took five. Returns the tenant's catalog version, read after
+-- the insert in the same transaction (see `audit_batch`); NULL for an unknown tenant.
+CREATE FUNCTION append_audit(p_tenant uuid, p_events jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    INSERT INTO audit_events (tenant_id, actor, action, entity, entity_id, request_id, detail)
+    SELECT p_tenant, e.actor, e.action, e.entity, e.entity_id, e.request_id, e.detail
+      FROM jsonb_to_recordset(p_events) AS e(actor text, action text, entity text,
+                                             entity_id text, request_id text, detail jsonb);
+    RETURN (SELECT t.catalog_version FROM tenants t WHERE t.id = p_tenant);
+END
+$$;
