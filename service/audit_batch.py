@@ -61,8 +61,9 @@ class BatchedAudit:
         self._waiting[caller.tenant].append((event, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
-        # shield: a client hanging up must not cancel the write others' events share.
-        return await asyncio.shield(done)
+        # A client hanging up cancels only `done`, its own: the write is the writer task's,
+        # which still writes the event (and sets no result on a cancelled future).
+        return await done
 
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()

@@ -399,3 +399,36 @@ def test_a_hold_checked_against_a_stale_cached_catalog_is_decided_by_the_current
 
     from_stale_cache, from_nothing_cached = asyncio.run(scenario())
     assert from_stale_cache is from_nothing_cached
+
+
+def test_a_caller_hanging_up_leaves_its_batch_to_be_written(infra: Infra, tenant: Tenant) -> None:
+    """A request cancelled while its audit event waits for the batch (the client hung up) gives
+    up only its own wait: the batch, its event included, is written, and the other callers of
+    that batch get their answers."""
+
+    async def scenario() -> list[int]:
+        db = await Database.open(infra.app_url, 1, 2)
+        try:
+            batch = BatchedAudit(db, gather_s=0.5)
+            caller = Caller("hang-up-test", tenant.id, frozenset({"book"}))
+            await batch.append(caller, "test.hang_up", "service", None, "r0", {})
+            waits = [
+                asyncio.ensure_future(
+                    batch.append(caller, "test.hang_up", "service", None, f"q{i}", {})
+                )
+                for i in range(3)
+            ]
+            await asyncio.sleep(0.1)  # all three wait for the same batch (gather_s)
+            waits[0].cancel()
+            return list(await asyncio.wait_for(asyncio.gather(*waits[1:]), timeout=10))
+        finally:
+            await db.close()
+
+    versions = asyncio.run(scenario())
+    assert len(versions) == 2 and all(v >= 0 for v in versions)
+    with psycopg.connect(infra.admin_url) as conn:
+        written = conn.execute(
+            "SELECT request_id FROM audit_events WHERE tenant_id = %s AND action = 'test.hang_up'",
+            (tenant.id,),
+        ).fetchall()
+    assert sorted(r[0] for r in written) == ["q0", "q1", "q2", "r0"]
