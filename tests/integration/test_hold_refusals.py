@@ -264,6 +264,18 @@ def test_a_paused_valkey_does_not_hold_up_a_direct_booking(infra: Infra, tenant:
     assert waited_s < IN_TRANSACTION_HOLDS_S + 1.0  # the socket timeout alone is 2 s
 
 
+async def three_waiting_for_one_batch(
+    batch: BatchedAudit, caller: Caller, action: str
+) -> list[asyncio.Future[int]]:
+    """One event written (request "r0"), then three ("q0".."q2") queued for the next batch,
+    which the writer starts only once `gather_s` has passed since the first."""
+    await batch.append(caller, action, "service", None, "r0", {})
+    return [
+        asyncio.ensure_future(batch.append(caller, action, "service", None, f"q{i}", {}))
+        for i in range(3)
+    ]
+
+
 def test_a_cancelled_audit_writer_fails_its_waiters_and_the_next_event_is_written(
     infra: Infra, tenant: Tenant
 ) -> None:
@@ -275,13 +287,7 @@ def test_a_cancelled_audit_writer_fails_its_waiters_and_the_next_event_is_writte
         try:
             batch = BatchedAudit(db, gather_s=1.0)
             caller = Caller("cancel-test", tenant.id, frozenset({"book"}))
-            await batch.append(caller, "test.cancel", "service", None, "r0", {})
-            queued = [
-                asyncio.ensure_future(
-                    batch.append(caller, "test.cancel", "service", None, f"q{i}", {})
-                )
-                for i in range(3)
-            ]
+            queued = await three_waiting_for_one_batch(batch, caller, "test.cancel")
             await asyncio.sleep(0.1)  # the writer waits out gather_s before their batch
             assert batch._writer is not None
             batch._writer.cancel()
@@ -411,13 +417,7 @@ def test_a_caller_hanging_up_leaves_its_batch_to_be_written(infra: Infra, tenant
         try:
             batch = BatchedAudit(db, gather_s=0.5)
             caller = Caller("hang-up-test", tenant.id, frozenset({"book"}))
-            await batch.append(caller, "test.hang_up", "service", None, "r0", {})
-            waits = [
-                asyncio.ensure_future(
-                    batch.append(caller, "test.hang_up", "service", None, f"q{i}", {})
-                )
-                for i in range(3)
-            ]
+            waits = await three_waiting_for_one_batch(batch, caller, "test.hang_up")
             await asyncio.sleep(0.1)  # all three wait for the same batch (gather_s)
             waits[0].cancel()
             return list(await asyncio.wait_for(asyncio.gather(*waits[1:]), timeout=10))
