@@ -385,8 +385,9 @@ class BookingService:
         When the cached catalog proves current, ``reads`` is one statement outside any
         transaction: `load_calendars` sets the tenant itself and returns the catalog version it
         saw, which spares a check of the slot four statements (BEGIN, the tenant, the version,
-        COMMIT), most of its cost. Otherwise (nothing cached, stale, or a refusal that may be an
-        artefact of a stale catalog) it runs again in a transaction that reloads the catalog."""
+        COMMIT), most of its cost. So ``reads`` must be that one statement. Otherwise (nothing
+        cached, stale, or a refusal that may be an artefact of a stale catalog: then checked,
+        at the price of a second attempt) it runs again in a transaction that reloads it."""
         cached = self.catalogs.cached(tenant_id)
         if cached is not None:
             async with self.db.connection() as conn:
@@ -491,8 +492,9 @@ class BookingService:
         return None
 
     async def _catalog_for_holds(self, tenant_id: str) -> repo.Catalog:
-        """The cached catalog (checked later, in the full path's transaction), loaded once
-        per tenant and worker however many requests of a burst ask at the same moment."""
+        """The cached catalog (checked later: by the batched audit's statement for a refusal,
+        by the slot's read for the full path), loaded once per tenant and worker however many
+        requests of a burst ask at the same moment."""
         cached = self.catalogs.cached(tenant_id)
         if cached is not None:
             return cached
@@ -812,6 +814,8 @@ class BookingService:
         see `load_calendars`): under the lock, so no booking of theirs can commit between this
         read and our insert. Advisory locks are taken by the read's own statement."""
         resource_ids = [rid for _, rid in assignment]
+        # The shipped strategy's advisory locks travel in the read's own statement; the
+        # study's other strategies take theirs (or none) first, as `lock` does everywhere.
         advisory = self.strategy == "holds"
         if not advisory:
             await self.lock(conn, resource_ids)

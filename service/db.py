@@ -3,7 +3,9 @@
 Row Level Security does the tenant filtering: each transaction runs
 `set_config('app.tenant_id', …, true)` (SET LOCAL), so a pooled connection never carries one
 tenant's identity into another's request, and a query that forgets `WHERE tenant_id` still
-sees one tenant only.
+sees one tenant only. A request that needs only one statement, which sets the tenant the same
+way for its own transaction (`calendar_window`, `append_audit`: migration 0009), runs it on a
+`connection()` outside any transaction instead.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A connection outside any transaction (autocommit: each statement is one), for a
-        statement that sets the tenant itself (`repository.load_calendars`); until one does,
-        Row Level Security shows nothing. PostgreSQL down fails closed, as in `transaction`."""
+        statement that sets the tenant itself, for itself (`calendar_window`, `append_audit`);
+        any other statement on it sees nothing under Row Level Security, so a read needing two
+        statements belongs in a `transaction`. PostgreSQL down fails closed, as there."""
         try:
             async with self.pool.connection() as conn:
                 yield conn

@@ -1,7 +1,9 @@
 """SQL for the booking service, and the one place rows become engine values.
 
 Every function runs inside a transaction from `Database.transaction`, so RLS already limits
-it to one tenant; the explicit tenant filters below are for the planner, not for security.
+it to one tenant; the explicit tenant filters below are for the planner, not for security. The
+exception is `load_calendars`: its one statement sets the tenant itself, so a read that needs no
+other statement runs it outside any transaction (`BookingService._read_current`).
 """
 
 from __future__ import annotations
@@ -346,9 +348,9 @@ CATALOG_VERSION_SQL = "SELECT catalog_version FROM tenants WHERE id = %s"
 
 class CatalogCache:
     """Per-tenant catalogs in memory, checked against `tenants.catalog_version` (bumped by
-    triggers on every catalog change) in every transaction that uses them, so they are never
-    stale. Where calendars are read, the check costs no statement: `load_calendars` returns
-    the version its own statement saw."""
+    triggers on every catalog change) by every request that decides with them, so they are
+    never stale. Where calendars are read, the check costs no statement: `load_calendars`
+    returns the version its own statement saw."""
 
     def __init__(self, max_tenants: int = 1024) -> None:
         self._entries: OrderedDict[str, Catalog] = OrderedDict()
@@ -366,7 +368,10 @@ class CatalogCache:
     def cached(self, tenant_id: str) -> Catalog | None:
         """The catalog last read for ``tenant_id``, unchecked: a caller that decides with it
         must compare its `version` with the current one before trusting the decision."""
-        return self._entries.get(tenant_id)
+        catalog = self._entries.get(tenant_id)
+        if catalog is not None:
+            self._entries.move_to_end(tenant_id)  # in use: the last to be evicted
+        return catalog
 
     async def read(
         self, conn: Conn, tenant_id: str, reads: Callable[[Catalog], Awaitable[tuple[int, T]]]
@@ -476,7 +481,8 @@ async def load_calendars(
     from one call of `calendar_window` (migration 0009), which also sets the tenant: it needs no
     transaction around it. Bookings in ``exclude`` are left out (a reschedule does not collide
     with itself). ``lock``: resources whose advisory locks (layer 2) the call takes first, so
-    everything it returns is read under them.
+    everything it returns is read under them; they are transaction-scoped, so ``lock`` is for
+    a ``conn`` inside a `Database.transaction` (outside one, they end with the statement).
 
     ``spans_only``: for questions about free time alone (availability), busy time comes merged
     per resource and kind, without the entries' ids: over a window of weeks a booked-up

@@ -27,9 +27,14 @@ CREATE FUNCTION calendar_window(
 ) RETURNS TABLE (entry text, rid text, lo timestamptz, hi timestamptz, ref text,
                  minutes integer, n bigint, day date)
 LANGUAGE plpgsql VOLATILE AS $$
-#variable_conflict use_column
 BEGIN
-    -- Transaction-local, as `Database.transaction` sets it: outside one, it ends with this call.
+    -- A NULL array would read as "no bookings" (NOT x = ANY(NULL) is NULL): a free slot.
+    IF p_ids IS NULL OR p_exclude IS NULL OR p_limited IS NULL OR p_lock_keys IS NULL THEN
+        RAISE EXCEPTION 'calendar_window: an array argument is NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Transaction-local, as `Database.transaction` sets it: for the rest of the caller's
+    -- transaction, or of this statement's own outside one.
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
     -- Keys in one global order (the caller sorts them): the select list runs in array order.
     PERFORM pg_advisory_xact_lock(k) FROM unnest(p_lock_keys) AS k;

@@ -170,3 +170,27 @@ def test_listing_from_the_first_year_is_answered(api: Api, tenant_with_history: 
             headers=tenant_with_history.headers,
         )
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("null_at", range(4), ids=["ids", "exclude", "limited", "lock keys"])
+def test_calendar_window_refuses_a_null_array(infra: Infra, null_at: int) -> None:
+    """A NULL array must not read as "nothing": `NOT booking_id = ANY(NULL)` is NULL, which
+    would drop every booking and show a booked slot free."""
+    arrays: list[list[Any] | None] = [["00000000-0000-4000-8000-000000000001"], [], [], []]
+    arrays[null_at] = None
+    ids, exclude, limited, keys = arrays
+    with psycopg.connect(infra.app_url) as conn, pytest.raises(psycopg.errors.NullValueNotAllowed):
+        conn.execute(
+            "SELECT * FROM calendar_window(gen_random_uuid(), %s::uuid[], %s, %s, %s::uuid[],"
+            " false, %s::uuid[], %s, %s, %s::bigint[])",
+            (
+                ids,
+                WINDOW.start,
+                WINDOW.end,
+                exclude,
+                limited,
+                WINDOW.start.date(),
+                WINDOW.end.date(),
+                keys,
+            ),
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -26,7 +27,7 @@ from tests.integration.invariants import (
     statuses,
     together,
 )
-from tests.integration.tenancy import make_tenant
+from tests.integration.tenancy import Tenant, make_tenant
 
 MONDAY_10_NY = "2026-12-07T15:00:00Z"  # 10:00 in New York (EST)
 MONDAY_1030_NY = "2026-12-07T15:30:00Z"
@@ -201,6 +202,50 @@ def test_a_stale_snapshot_is_replanned_not_refused(api: Api, infra: Infra) -> No
         tenant = make_tenant(client, api.admin_headers(), staff=2, rooms=0)
     keys = {lock_key(rid): rid for rid in tenant.staff}
     body = {"service_id": tenant.service_id, "start": MONDAY_10_NY}
+
+    def book_it(admin: psycopg.Connection[tuple[object, ...]], key: int) -> None:
+        take_directly(admin, tenant.id, tenant.service_id, keys[key], MONDAY_10_NY)
+
+    waited, answer = post_while_locked(infra, api, set(keys), "/v1/bookings", body, tenant, book_it)
+
+    chosen = keys[waited]
+    assert answer.status_code == 201, answer.text
+    other = next(rid for rid in tenant.staff if rid != chosen)
+    assert answer.json()["resources"] == [{"requirement": 0, "resource_id": other}]
+    assert overlaps(infra.admin_url) == []
+
+
+def test_confirming_a_hold_waits_for_its_resources_locks(api: Api, infra: Infra) -> None:
+    """Layer 2 on the held path: the confirmation takes the advisory lock of every resource
+    its hold names (in the statement that re-reads their calendars) and waits while another
+    transaction holds one."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers())
+        body = {"service_id": tenant.service_id, "start": MONDAY_10_NY}
+        hold = client.post("/v1/holds", json=body, headers=tenant.headers)
+    assert hold.status_code == 201, hold.text
+    keys = {lock_key(r["resource_id"]) for r in hold.json()["resources"]}
+    confirm = {"hold_id": hold.json()["id"]}
+
+    waited, answer = post_while_locked(infra, api, keys, "/v1/bookings", confirm, tenant)
+
+    assert waited in keys
+    assert answer.status_code == 201, answer.text
+    assert overlaps(infra.admin_url) == []
+
+
+def post_while_locked(
+    infra: Infra,
+    api: Api,
+    keys: set[int],
+    path: str,
+    body: dict[str, object],
+    tenant: Tenant,
+    meanwhile: Callable[[psycopg.Connection[tuple[object, ...]], int], None] = lambda *_: None,
+) -> tuple[int, httpx.Response]:
+    """POST while an admin session holds the advisory locks ``keys``. Once the request waits
+    for one, ``meanwhile(admin, that key)`` runs, then every lock is released. Returns the key
+    the request waited for and its answer."""
     with (
         psycopg.connect(infra.admin_url, autocommit=True) as admin,
         httpx.Client(base_url=api.base_url, timeout=30) as client,
@@ -208,16 +253,11 @@ def test_a_stale_snapshot_is_replanned_not_refused(api: Api, infra: Infra) -> No
     ):
         for key in keys:
             admin.execute("SELECT pg_advisory_lock(%s)", (key,))
-        pending = pool.submit(client.post, "/v1/bookings", json=body, headers=tenant.headers)
-        chosen = keys[awaited_advisory_key(admin)]
-        take_directly(admin, tenant.id, tenant.service_id, chosen, MONDAY_10_NY)
+        pending = pool.submit(client.post, path, json=body, headers=tenant.headers)
+        waited = awaited_advisory_key(admin)
+        meanwhile(admin, waited)
         admin.execute("SELECT pg_advisory_unlock_all()")
-        answer = pending.result(timeout=30)
-
-    assert answer.status_code == 201, answer.text
-    other = next(rid for rid in tenant.staff if rid != chosen)
-    assert answer.json()["resources"] == [{"requirement": 0, "resource_id": other}]
-    assert overlaps(infra.admin_url) == []
+        return waited, pending.result(timeout=30)
 
 
 def awaited_advisory_key(admin: psycopg.Connection[tuple[object, ...]]) -> int:

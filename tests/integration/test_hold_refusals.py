@@ -60,9 +60,9 @@ def refused_events(admin_url: str, tenant_id: str) -> list[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def booking_service(infra: Infra) -> AsyncIterator[BookingService]:
+async def booking_service(infra: Infra, connections: int = 8) -> AsyncIterator[BookingService]:
     """The booking use cases in this process, on the session's real servers."""
-    db = await Database.open(infra.app_url, 2, 8)
+    db = await Database.open(infra.app_url, min(2, connections), connections)
     valkey = valkey_client(infra.redis_url)
     try:
         yield BookingService(
@@ -390,9 +390,7 @@ def test_a_hold_checked_against_a_stale_cached_catalog_is_decided_by_the_current
             pins = [tenant.staff[0], tenant.rooms[0]]
             first = await stale.create_hold(holder, tenant.service_id, START, pins, None, None, "a")
             assert first["resources"][0]["resource_id"] == tenant.staff[0]  # cached now
-            with psycopg.connect(infra.admin_url) as admin:  # the version trigger needs the tenant
-                admin.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant.id,))
-                admin.execute("UPDATE resources SET active = false WHERE id = %s", (pins[0],))
+            set_active(infra, tenant, pins[0], active=False)
             later = START + timedelta(hours=2)
             refused = []
             for service in (stale, fresh):
@@ -432,3 +430,59 @@ def test_a_caller_hanging_up_leaves_its_batch_to_be_written(infra: Infra, tenant
             (tenant.id,),
         ).fetchall()
     assert sorted(r[0] for r in written) == ["q0", "q1", "q2", "r0"]
+
+
+def set_active(infra: Infra, tenant: Tenant, resource_id: str, *, active: bool) -> None:
+    """(De)activate a resource as the admin: a catalog change (the tenant is set for the
+    trigger that bumps the catalog version)."""
+    with psycopg.connect(infra.admin_url) as admin:
+        admin.execute("SELECT set_config('app.tenant_id', %s, true)", (tenant.id,))
+        admin.execute("UPDATE resources SET active = %s WHERE id = %s", (active, resource_id))
+
+
+def test_a_refusal_by_a_stale_cached_catalog_is_checked_against_the_current_one(
+    infra: Infra, tenant: Tenant
+) -> None:
+    """The other way round: the cached catalog refuses (the pinned staff member was inactive
+    when it was read) where the current one accepts (active again). A refusal from the cache
+    may be an artefact of its age, so the hold is decided again on the current catalog."""
+
+    async def scenario() -> dict[str, object]:
+        async with booking_service(infra) as service:
+            holder, _ = callers(infra.admin_url, tenant.id)
+            pins = [tenant.staff[0], tenant.rooms[0]]
+            set_active(infra, tenant, pins[0], active=False)
+            with pytest.raises(ServiceError):  # and the catalog without them is cached
+                await service.create_hold(holder, tenant.service_id, START, pins, None, None, "a")
+            set_active(infra, tenant, pins[0], active=True)
+            return await service.create_hold(
+                holder, tenant.service_id, START, pins, None, None, "b"
+            )
+
+    held = asyncio.run(scenario())
+    assert held["resources"] == [
+        {"requirement": 0, "resource_id": tenant.staff[0]},
+        {"requirement": 1, "resource_id": tenant.rooms[0]},
+    ]
+
+
+def test_a_pooled_connection_keeps_no_tenant_after_a_hold_or_an_audit_batch(
+    infra: Infra, tenant: Tenant
+) -> None:
+    """A hold's check and the audit batches set the tenant for their own statement only, on
+    connections outside any transaction: the pool's one connection, used by both (the second
+    hold's check by the cached-catalog path), must carry no tenant into the next request."""
+
+    async def scenario() -> object:
+        async with booking_service(infra, connections=1) as service:
+            holder, _ = callers(infra.admin_url, tenant.id)
+            pins = [tenant.staff[0], tenant.rooms[0]]
+            for hours in (0, 2):  # the first loads the catalog in a transaction
+                start = START + timedelta(hours=hours)
+                await service.create_hold(holder, tenant.service_id, start, pins, None, None, "a")
+            async with service.db.connection() as conn:
+                cur = await conn.execute("SELECT current_setting('app.tenant_id', true) AS t")
+                row = await cur.fetchone()
+            return None if row is None else row["t"]
+
+    assert asyncio.run(scenario()) in (None, "")
