@@ -343,9 +343,6 @@ class Catalog:
         }
 
 
-CATALOG_VERSION_SQL = "SELECT catalog_version FROM tenants WHERE id = %s"
-
-
 class CatalogCache:
     """Per-tenant catalogs in memory, checked against `tenants.catalog_version` (bumped by
     triggers on every catalog change) by every request that decides with them, so they are
@@ -411,7 +408,8 @@ class CatalogCache:
 
 
 async def current_version(conn: Conn, tenant_id: str) -> int:
-    cur = await conn.execute(CATALOG_VERSION_SQL, (tenant_id,))
+    """The tenant's catalog version (``conn``: in a transaction scoped to the tenant)."""
+    cur = await conn.execute("SELECT catalog_version FROM tenants WHERE id = %s", (tenant_id,))
     row = await cur.fetchone()
     if row is None:
         raise NotFound("tenant not found")
