@@ -812,13 +812,8 @@ class BookingService:
     ) -> tuple[int, dict[str, ResourceCalendar]]:
         """Lock the assigned resources, then read their calendars (and the catalog version,
         see `load_calendars`): under the lock, so no booking of theirs can commit between this
-        read and our insert. Advisory locks are taken by the read's own statement."""
+        read and our insert (see `locks_for_read`)."""
         resource_ids = [rid for _, rid in assignment]
-        # The shipped strategy's advisory locks travel in the read's own statement; the
-        # study's other strategies take theirs (or none) first, as `lock` does everywhere.
-        advisory = self.strategy == "holds"
-        if not advisory:
-            await self.lock(conn, resource_ids)
         service = pinned_to(record.service, assignment)
         resources = catalog.resources_for(service, resource_ids)
         return await repo.load_calendars(
@@ -827,7 +822,7 @@ class BookingService:
             resources,
             service.footprint(start),
             exclude,
-            lock=resource_ids if advisory else (),
+            lock=await self.locks_for_read(conn, resource_ids),
         )
 
     async def book_checked(
@@ -862,6 +857,15 @@ class BookingService:
             hold_nonce,
         )
         return booking, await self._insert(conn, caller.tenant, [booking])
+
+    async def locks_for_read(self, conn: Conn, resource_ids: Sequence[str]) -> Sequence[str]:
+        """Layer 2 for a read of ``resource_ids``' calendars that must happen under it: the
+        resources whose advisory locks the read's own statement takes ("holds": a statement
+        less), after taking the study's other strategies' locks (or none) here."""
+        if self.strategy == "holds":
+            return resource_ids
+        await self.lock(conn, resource_ids)
+        return ()
 
     async def lock(self, conn: Conn, resource_ids: Sequence[str]) -> None:
         """Layer 2 as the strategy has it: advisory locks ("holds"), the resources' rows
@@ -1145,10 +1149,12 @@ class BookingService:
             assignment = _common_assignment(
                 service, calendars, [o.start for o in occurrences], now, record.rules
             )
-            await self.lock(conn, [rid for _, rid in assignment])
+            assigned = [rid for _, rid in assignment]
             pinned = pinned_to(record.service, assignment)
-            resources = catalog.resources_for(pinned, [rid for _, rid in assignment])
-            _, calendars = await repo.load_calendars(conn, catalog, resources, span)
+            resources = catalog.resources_for(pinned, assigned)
+            _, calendars = await repo.load_calendars(
+                conn, catalog, resources, span, lock=await self.locks_for_read(conn, assigned)
+            )
             series_id = repo.new_id()
             await repo.insert_series(
                 conn,

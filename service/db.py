@@ -107,29 +107,26 @@ class Database:
         rows, COMMIT) travel with the next query instead of costing a round trip each; errors
         surface at the next sync point (a fetch, or a nested `conn.pipeline()` block's end).
         """
-        try:
-            async with self.pool.connection() as conn:
-                try:
-                    # BEGIN and COMMIT are ours, not `conn.transaction()`'s: that one nests
-                    # pipelines around its block, and each nested exit is a Sync — a round
-                    # trip — so a transaction cost two more round trips than it needs.
-                    async with conn.pipeline():
-                        await conn.execute("BEGIN")
-                        if tenant_id is not None:
-                            await conn.execute(
-                                "SELECT set_config('app.tenant_id', %s, true)", (tenant_id,)
-                            )
-                        yield conn
-                        # A statement that failed unread is raised by this block's Sync, and
-                        # the COMMIT queued behind it is then never run.
-                        await conn.execute("COMMIT")
-                except BaseException:
-                    if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
-                        with contextlib.suppress(psycopg.Error):  # a broken link: the pool drops it
-                            await _rollback(conn)
-                    raise
-        except (psycopg.OperationalError, PoolTimeout, *_SESSION_ENDED) as exc:
-            raise Unavailable("the database is unavailable; nothing was changed") from exc
+        async with self.connection() as conn:
+            try:
+                # BEGIN and COMMIT are ours, not `conn.transaction()`'s: that one nests
+                # pipelines around its block, and each nested exit is a Sync — a round
+                # trip — so a transaction cost two more round trips than it needs.
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    if tenant_id is not None:
+                        await conn.execute(
+                            "SELECT set_config('app.tenant_id', %s, true)", (tenant_id,)
+                        )
+                    yield conn
+                    # A statement that failed unread is raised by this block's Sync, and
+                    # the COMMIT queued behind it is then never run.
+                    await conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):  # a broken link: the pool drops it
+                        await _rollback(conn)
+                raise
 
 
 async def _rollback(conn: Conn) -> None:
