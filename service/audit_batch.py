@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 from service.auth import Caller
-from service.db import Database
+from service.db import Database, audit_event
 from service.errors import Unavailable
 
 
@@ -49,14 +49,7 @@ class BatchedAudit:
         """Store one event; returns once it is committed, with the tenant's catalog version
         read in the same transaction (so the caller can tell whether the catalog it decided
         with was current). Raises `Unavailable` if PostgreSQL is."""
-        event = {
-            "actor": caller.key_id,
-            "action": action,
-            "entity": entity,
-            "entity_id": entity_id,
-            "request_id": request_id,
-            "detail": detail,
-        }
+        event = audit_event(caller, action, entity, entity_id, request_id, detail)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[caller.tenant].append((event, done))
         if self._writer is None or self._writer.done():

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar, get_args
@@ -53,7 +54,18 @@ from engine.timezones import local_date, to_local
 from service import repository as repo
 from service.audit_batch import BatchedAudit
 from service.auth import Caller
-from service.db import Conn, Database, Idempotency, acknowledge, audit, begin_claim, claim, remember
+from service.db import (
+    Conn,
+    Database,
+    Idempotency,
+    acknowledge,
+    audit,
+    audit_event,
+    begin_claim,
+    claim,
+    remember,
+    stored_answer,
+)
 from service.errors import (
     CapacityExceeded,
     InvalidInput,
@@ -630,9 +642,13 @@ class BookingService:
         idem: Idempotency | None,
         request_id: str | None,
     ) -> tuple[repo.ServiceRecord, tuple[int, Any]]:
-        """Book what a hold names. Its resources are known up front, so the idempotency
-        claim, the catalog check, the locks and the calendars read under them all share one
-        round trip; the insert is the second, the audit row and COMMIT the third."""
+        """Book what a hold names: in two statements (`_book_held_at_once`) where it can, else
+        in a transaction. Its resources are known up front, so there the idempotency claim,
+        the catalog check, the locks and the calendars read under them all share one round
+        trip; the insert is the second, the audit row and COMMIT the third."""
+        booked = await self._book_held_at_once(caller, hold, customer, now, idem, request_id)
+        if booked is not None:
+            return booked
         async with self.db.transaction(caller.tenant) as conn:
             pending = await begin_claim(conn, caller.tenant, idem)
 
@@ -664,6 +680,80 @@ class BookingService:
                 conn, caller, booking, created_at, idem, request_id, held=True
             )
             return record, (201, body)
+
+    async def _book_held_at_once(
+        self,
+        caller: Caller,
+        hold: Hold,
+        customer: str,
+        now: datetime,
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[repo.ServiceRecord, tuple[int, Any]] | None:
+        """The common confirmation in two statements outside any transaction, where the
+        transaction took seven (most of a confirmation's cost is per statement): the hold's
+        window read without locks (with the catalog version, checked against the cached
+        catalog), the engine's verdict on it, then `book_window` (migration 0010), which books
+        only if under the locks the window still reads the same — so the verdict stands as if
+        it had been reached under them. None where the transaction must decide: no current
+        cached catalog, the study's other strategies (their layer 2 is not advisory locks),
+        a refusal (it may be this very request's earlier attempt, which the transaction
+        replays from its Idempotency-Key; or be caused by a booking since cancelled), and a
+        window changed meanwhile."""
+        catalog = self.catalogs.cached(caller.tenant)
+        if catalog is None or self.strategy != "holds":
+            return None
+        record = catalog.services.get(hold.service_id)
+        if record is None:
+            return None
+        service = pinned_to(record.service, hold.resources)
+        resources = catalog.resources_for(service, [rid for _, rid in hold.resources])
+        footprint = service.footprint(hold.start)
+        async with self.db.connection() as conn:
+            seen = await repo.read_window(conn, catalog, resources, footprint)
+            version, calendars = repo.calendars_of(catalog, resources, seen)
+            if version != catalog.version:
+                return None
+            verdict = explain(service, calendars, hold.start, now, record.rules)
+            if not isinstance(verdict, Offered):
+                return None
+            booking = _new_booking(
+                record,
+                calendars,
+                hold.start,
+                verdict.assignment,
+                customer,
+                caller.key_id,
+                hold_nonce=None if hold.degraded else hold.nonce,
+            )
+            # `created_at` is the statement's: `book_window` sets it in the answer it stores.
+            answer = _booking_json(repo.inserted_row(booking, created_at=None))
+            event = audit_event(
+                caller,
+                "booking.create",
+                "booking",
+                booking.id,
+                request_id,
+                {"start": iso(booking.start), "hold": True},
+            )
+            with _violations_as_conflicts():
+                row = await repo.book_window(
+                    conn,
+                    catalog,
+                    resources,
+                    footprint,
+                    seen,
+                    booking,
+                    (idem.key, idem.fingerprint) if idem is not None else None,
+                    answer,
+                    event,
+                )
+        if row is not None and row["outcome"] == "changed":
+            return None
+        if row is not None and row["outcome"] == "booked":
+            return record, (201, row["response"])
+        assert idem is not None, "only a claim of an Idempotency-Key finds it taken"
+        return record, stored_answer(idem, row)
 
     async def _confirm_direct(
         self,
@@ -887,19 +977,8 @@ class BookingService:
     ) -> datetime:
         """Insert; returns the bookings' `created_at`. A violation is raised (and mapped)
         here: the insert's results are read before this returns."""
-        try:
+        with _violations_as_conflicts():
             return await repo.insert_bookings(conn, tenant_id, bookings)
-        except (psycopg.errors.ExclusionViolation, psycopg.errors.DeadlockDetected) as exc:
-            # Layer 3 caught what layers 1 and 2 should have: still a conflict, never a 500.
-            # (Two unlocked inserts of overlapping time can also deadlock on each other's
-            # constraint check; only the study's "constraint" strategy inserts unlocked.)
-            raise SlotConflict(
-                "the slot was taken concurrently", why={"reason": "conflict", "layer": "constraint"}
-            ) from exc
-        except psycopg.errors.CheckViolation as exc:
-            raise SlotUnavailable(
-                str(exc.diag.message_primary), why={"reason": "specialization"}
-            ) from exc
 
     async def get_booking(
         self, caller: Caller, booking_id: str, request_id: str | None
@@ -1284,6 +1363,25 @@ class BookingService:
         return True
 
 
+@contextmanager
+def _violations_as_conflicts() -> Iterator[None]:
+    """An insert's constraint violations as the refusals they are (a booking's insert raises
+    them; the statement's answer is read before its block ends)."""
+    try:
+        yield
+    except (psycopg.errors.ExclusionViolation, psycopg.errors.DeadlockDetected) as exc:
+        # Layer 3 caught what layers 1 and 2 should have: still a conflict, never a 500.
+        # (Two unlocked inserts of overlapping time can also deadlock on each other's
+        # constraint check; only the study's "constraint" strategy inserts unlocked.)
+        raise SlotConflict(
+            "the slot was taken concurrently", why={"reason": "conflict", "layer": "constraint"}
+        ) from exc
+    except psycopg.errors.CheckViolation as exc:
+        raise SlotUnavailable(
+            str(exc.diag.message_primary), why={"reason": "specialization"}
+        ) from exc
+
+
 def held_by_another(clash: HoldConflict) -> SlotConflict:
     return SlotConflict(
         "another caller holds this slot",
@@ -1446,7 +1544,7 @@ def _booking_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "series_id": row["series_id"],
         "recurrence_id": row["recurrence_id"].isoformat() if row["recurrence_id"] else None,
         "resources": row["resources"],
-        "created_at": iso(row["created_at"]),
+        "created_at": iso(row["created_at"]) if row["created_at"] else None,
         "cancelled_at": iso(row["cancelled_at"]) if row["cancelled_at"] else None,
         "rescheduled_from": row["rescheduled_from"],
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -189,14 +189,19 @@ class PendingClaim:
             " WHERE tenant_id = %s AND key = %s",
             (self.tenant_id, self.idem.key),
         )
-        row = await cur.fetchone()
-        if row is None:  # the other request rolled back between our two statements
-            raise IdempotencyInFlight("retry: a request with this Idempotency-Key just failed")
-        if bytes(row["request_hash"]) != self.idem.fingerprint:
-            raise IdempotencyMismatch(
-                "this Idempotency-Key was used for a different request", key=self.idem.key
-            )
-        return int(row["status"]), row["response"]
+        return stored_answer(self.idem, await cur.fetchone())
+
+
+def stored_answer(idem: Idempotency, row: Mapping[str, Any] | None) -> tuple[int, Any]:
+    """The first answer to ``idem``'s key, from its row (`request_hash`, `status`, `response`)
+    read after a claim of the key failed: that request's, if it was this same request."""
+    if row is None:  # the other request rolled back after our claim failed
+        raise IdempotencyInFlight("retry: a request with this Idempotency-Key just failed")
+    if bytes(row["request_hash"]) != idem.fingerprint:
+        raise IdempotencyMismatch(
+            "this Idempotency-Key was used for a different request", key=idem.key
+        )
+    return int(row["status"]), row["response"]
 
 
 async def begin_claim(conn: Conn, tenant_id: str, idem: Idempotency | None) -> PendingClaim:
@@ -270,6 +275,25 @@ _AUDIT = (
     "INSERT INTO audit_events (tenant_id, actor, action, entity, entity_id, request_id, detail)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
+
+
+def audit_event(
+    caller: Caller,
+    action: str,
+    entity: str,
+    entity_id: str | None,
+    request_id: str | None,
+    detail: dict[str, Any],
+) -> dict[str, Any]:
+    """One audit event as `append_audit` (migration 0009) takes it, in a JSON array."""
+    return {
+        "actor": caller.key_id,
+        "action": action,
+        "entity": entity,
+        "entity_id": entity_id,
+        "request_id": request_id,
+        "detail": detail,
+    }
 
 
 def _audit_row(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
-from psycopg.rows import tuple_row
+from psycopg.rows import DictRow, tuple_row
 
 from engine.calendar import ResourceCalendar
 from engine.intervals import Interval
@@ -486,37 +486,76 @@ async def load_calendars(
     per resource and kind, without the entries' ids: over a window of weeks a booked-up
     resource is a few spans instead of hundreds of rows, each of which cost a Python object
     or three (most of such a request's CPU)."""
-    ids = list(resources)
-    limited = [
-        rid
-        for rid, r in resources.items()
-        if r.daily_capacity is not None or r.daily_minutes is not None
-    ]
+    rows = await read_window(
+        conn, catalog, resources, window, exclude, spans_only=spans_only, lock=lock
+    )
+    return calendars_of(catalog, resources, rows)
+
+
+async def read_window(
+    conn: Conn,
+    catalog: Catalog,
+    resources: Mapping[str, Resource],
+    window: Interval,
+    exclude: Sequence[str] = (),
+    *,
+    spans_only: bool = False,
+    lock: Sequence[str] = (),
+) -> list[WindowRow]:
+    """`calendar_window`'s rows as read (see `load_calendars`; `book_window` compares them)."""
     # Tuples, not dicts: a window of weeks is thousands of rows (dict rows cost ~6% of such
     # an availability request).
     cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(
         "SELECT * FROM calendar_window(%s, %s::uuid[], %s, %s, %s::uuid[], %s, %s::uuid[], %s, %s,"
         " %s::bigint[])",
-        (
-            catalog.tenant_id,
-            ids,
-            # Bounds, not a Range: psycopg spends ~0.03 ms of CPU more dumping a Range.
-            window.start,
-            window.end,
-            list(exclude),
-            spans_only,
-            limited,
-            # Local days of any zone touching the window lie within a day of its UTC dates.
-            (window.start - timedelta(days=1)).date(),
-            (window.end + timedelta(days=1)).date(),
-            lock_keys(lock),
-        ),
+        (*_window_args(catalog, resources, window, exclude, spans_only), lock_keys(lock)),
     )
+    return await cur.fetchall()
+
+
+# calendar_window's row: entry, resource, lo, hi, ref, minutes, n, day (see migration 0009).
+WindowRow = tuple[Any, ...]
+_WINDOW_COLUMNS = ("entry", "rid", "lo", "hi", "ref", "minutes", "n", "day")
+
+
+def _window_args(
+    catalog: Catalog,
+    resources: Mapping[str, Resource],
+    window: Interval,
+    exclude: Sequence[str],
+    spans_only: bool,
+) -> tuple[Any, ...]:
+    """`calendar_window`'s arguments but the lock keys."""
+    limited = [
+        rid
+        for rid, r in resources.items()
+        if r.daily_capacity is not None or r.daily_minutes is not None
+    ]
+    return (
+        catalog.tenant_id,
+        list(resources),
+        # Bounds, not a Range: psycopg spends ~0.03 ms of CPU more dumping a Range.
+        window.start,
+        window.end,
+        list(exclude),
+        spans_only,
+        limited,
+        # Local days of any zone touching the window lie within a day of its UTC dates.
+        (window.start - timedelta(days=1)).date(),
+        (window.end + timedelta(days=1)).date(),
+    )
+
+
+def calendars_of(
+    catalog: Catalog, resources: Mapping[str, Resource], rows: Iterable[WindowRow]
+) -> tuple[int, dict[str, ResourceCalendar]]:
+    """The catalog version and the calendars in `calendar_window`'s ``rows``."""
+    ids = list(resources)
     version: int | None = None
     busy: dict[str, list[Busy]] = {rid: [] for rid in ids}
     loads: dict[str, dict[date, tuple[int, int]]] = {rid: {} for rid in ids}
-    for entry, rid, lo, hi, ref, minutes, n, day in await cur.fetchall():
+    for entry, rid, lo, hi, ref, minutes, n, day in rows:
         if entry == "version":
             version = int(n)
         elif entry == "load":
@@ -573,36 +612,23 @@ class NewBooking:
     hold_nonce: str | None = None  # the hold it was confirmed from (see `BookingService`)
 
 
-# One statement for the bookings and their resource rows (a booking's foreign key is checked
-# at the statement's end, when both are in). The rows travel as two JSON documents: one
-# json.dumps each, cheaper than binding a parameter per column per row.
-_INSERT_BOOKINGS = """
-WITH booked AS (
-  INSERT INTO bookings (id, tenant_id, service_id, status, starts_at, ends_at, customer,
-                        created_by, series_id, recurrence_id, rescheduled_from, hold_nonce)
-  SELECT b.id, %(tenant)s::uuid, b.service_id, 'confirmed', b.starts_at, b.ends_at, b.customer,
-         b.created_by, b.series_id, b.recurrence_id, b.rescheduled_from, b.hold_nonce
-    FROM jsonb_to_recordset(%(bookings)s::jsonb) AS b(id uuid, service_id uuid,
-         starts_at timestamptz, ends_at timestamptz, customer text, created_by uuid,
-         series_id uuid, recurrence_id timestamp, rescheduled_from uuid, hold_nonce text)
-  RETURNING created_at
-), linked AS (
-  INSERT INTO booking_resources (tenant_id, booking_id, resource_id, requirement_index,
-                                 service_id, during, local_day, minutes)
-  SELECT %(tenant)s::uuid, r.booking_id, r.resource_id, r.requirement_index, r.service_id,
-         tstzrange(r.lo, r.hi), r.local_day, r.minutes
-    FROM jsonb_to_recordset(%(resources)s::jsonb) AS r(booking_id uuid, resource_id uuid,
-         requirement_index integer, service_id uuid, lo timestamptz, hi timestamptz,
-         local_day date, minutes integer)
-)
-SELECT created_at FROM booked LIMIT 1
-"""
-
-
 async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBooking]) -> datetime:
-    """Insert ``bookings`` and their resource rows; returns their `created_at` (the
-    transaction's start, which every booking of one transaction shares). A violation is
-    raised here: the statement's answer is read before this returns."""
+    """Insert ``bookings`` and their resource rows (`insert_bookings`, migration 0010); returns
+    their `created_at` (the transaction's start, which every booking of one transaction
+    shares). A violation is raised here: the statement's answer is read before this returns."""
+    cur = await conn.execute(
+        "SELECT insert_bookings(%s, %s, %s) AS created_at",
+        (tenant_id, *_booking_documents(bookings)),
+    )
+    row = await cur.fetchone()
+    assert row is not None, "a SELECT of one function call returned no row"
+    created_at: datetime = row["created_at"]
+    return created_at
+
+
+def _booking_documents(bookings: Sequence[NewBooking]) -> tuple[str, str]:
+    """``bookings`` and their resource rows as the two JSON documents `insert_bookings` takes:
+    one json.dumps each, cheaper than binding a parameter per column per row."""
     rows = [
         {
             "id": b.id,
@@ -632,17 +658,47 @@ async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBook
         for b in bookings
         for index, rid, fp, day in b.resources
     ]
+    return json.dumps(rows), json.dumps(links)
+
+
+async def book_window(
+    conn: Conn,
+    catalog: Catalog,
+    resources: Mapping[str, Resource],
+    window: Interval,
+    seen: Sequence[WindowRow],
+    booking: NewBooking,
+    idempotency: tuple[str, bytes] | None,
+    answer: Mapping[str, Any],
+    event: Mapping[str, Any],
+) -> DictRow | None:
+    """Book ``booking`` in one statement outside any transaction (`book_window`, migration
+    0010) if, under the advisory locks of ``resources``, ``window`` reads as ``seen`` (the rows
+    of an unlocked `read_window` of the same resources and window); with it ``idempotency``
+    (key, request fingerprint) is claimed, ``answer`` (but its `created_at`) remembered and
+    ``event`` audited. Returns the function's row: its `outcome` is "booked" (`response`: the
+    answer as stored), "replay" (the key's stored `status`, `response` and `request_hash`) or
+    "changed" (nothing written). A violation is raised here."""
+    key, request_hash = idempotency if idempotency is not None else (None, None)
+    seen_objects = [dict(zip(_WINDOW_COLUMNS, row, strict=True)) for row in seen]
     cur = await conn.execute(
-        _INSERT_BOOKINGS,
-        {"tenant": tenant_id, "bookings": json.dumps(rows), "resources": json.dumps(links)},
+        "SELECT * FROM book_window(%s, %s::uuid[], %s, %s, %s::uuid[], %s, %s::uuid[], %s, %s,"
+        " %s::bigint[], %s, %s, %s, %s, %s, %s, %s)",
+        (
+            *_window_args(catalog, resources, window, (), False),
+            lock_keys(resources),
+            json.dumps(seen_objects, default=str),
+            key,
+            request_hash,
+            *_booking_documents([booking]),
+            json.dumps(answer, default=str),
+            json.dumps(event, default=str),
+        ),
     )
-    row = await cur.fetchone()
-    assert row is not None, "an INSERT ... RETURNING of at least one row returned none"
-    created_at: datetime = row["created_at"]
-    return created_at
+    return await cur.fetchone()
 
 
-def inserted_row(booking: NewBooking, created_at: datetime) -> dict[str, Any]:
+def inserted_row(booking: NewBooking, created_at: datetime | None) -> dict[str, Any]:
     """The row `get_booking` would read back for a booking just inserted, without the read."""
     return {
         "id": booking.id,

@@ -1,0 +1,203 @@
+"""Confirming a hold in two statements (`book_window`, migration 0010).
+
+The service reads the hold's window without locks, asks the engine, and books in one
+statement that takes the locks and re-reads the window: it books only if the window reads as
+the service saw it, else writes nothing and a transaction decides. Run in-process on the real
+servers, so that the catalog is cached (the two statements are taken only then); the window
+is changed between them while a test session holds the resource's advisory lock, which the
+booking statement waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from service.booking import BookingService, iso
+from service.db import Idempotency
+from service.errors import CapacityExceeded, IdempotencyMismatch
+from tests.integration.conftest import Api, Infra
+from tests.integration.invariants import lock_key, overlaps, row_counts
+from tests.integration.tenancy import make_tenant
+from tests.integration.test_capacity import NEW_YORK, booked_on
+from tests.integration.test_concurrency import take_directly
+from tests.integration.test_hold_refusals import booking_service, callers
+
+MONDAY_10_NY = datetime(2027, 3, 1, 15, tzinfo=UTC)
+MONDAY_14_NY = "2027-03-01T19:00:00Z"
+
+
+async def waiting_statement(admin: psycopg.Connection[tuple[object, ...]]) -> str:
+    """The statement of the backend waiting for an advisory lock, once one does."""
+    for _ in range(1000):
+        row = admin.execute(
+            "SELECT a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND NOT l.granted"
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        await asyncio.sleep(0.02)
+    raise AssertionError("no backend waited for an advisory lock")
+
+
+def test_a_day_filled_between_the_read_and_the_booking_is_refused(api: Api, infra: Infra) -> None:
+    """Capacity 1 a day. While the booking statement waits for the staff member's lock,
+    another booking takes that day at another hour: nothing overlaps, so only the re-read
+    under the lock (the day's load changed) stands between the staff member and a second
+    appointment that day; the transaction then refuses it."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), rooms=0, daily_capacity=1)
+    (staff,) = tenant.staff
+    caller, _ = callers(infra.admin_url, tenant.id)
+
+    async def confirm_while_the_day_fills() -> str:
+        async with booking_service(infra) as service:
+            held = await service.create_hold(
+                caller, tenant.service_id, MONDAY_10_NY, [], None, None, None
+            )
+            with psycopg.connect(infra.admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(staff),))
+                confirming = asyncio.create_task(
+                    service.confirm(
+                        caller,
+                        hold_id=held["id"],
+                        service_id=None,
+                        start=None,
+                        pins=(),
+                        customer="Ada",
+                        idem=None,
+                        request_id=None,
+                    )
+                )
+                waiting = await waiting_statement(admin)
+                take_directly(admin, tenant.id, tenant.service_id, staff, MONDAY_14_NY)
+                admin.execute("SELECT pg_advisory_unlock_all()")
+                with pytest.raises(CapacityExceeded) as refused:
+                    await confirming
+            assert refused.value.extra["why"]["reason"] == "capacity_reached"
+            return waiting
+
+    waiting = asyncio.run(confirm_while_the_day_fills())
+
+    assert "book_window" in waiting  # the two-statement path waited, not the transaction
+    monday = MONDAY_10_NY.date()
+    assert len(booked_on(infra.admin_url, staff, NEW_YORK, monday)) == 1
+    assert overlaps(infra.admin_url) == []
+
+
+def test_the_answer_is_the_booking_read_back_and_what_its_key_replays(
+    api: Api, infra: Infra
+) -> None:
+    """A confirmation's answer, `created_at` included (the booking statement's own), is the
+    booking as read back, and what its Idempotency-Key replays. The key sent again with
+    another hold is refused: the booking statement finds it claimed by another request."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), rooms=0)
+    caller, _ = callers(infra.admin_url, tenant.id)
+
+    async def confirm(service: BookingService, hold_id: str) -> tuple[int, Any]:
+        body = {"hold_id": hold_id, "customer": "Ada"}
+        return await service.confirm(
+            caller,
+            hold_id=hold_id,
+            service_id=None,
+            start=None,
+            pins=(),
+            customer="Ada",
+            idem=Idempotency.of("confirm-once", "POST", "/v1/bookings", body),
+            request_id=None,
+        )
+
+    async def book_and_retry() -> None:
+        async with booking_service(infra) as service:
+            first = await service.create_hold(
+                caller, tenant.service_id, MONDAY_10_NY, [], None, None, None
+            )
+            booked = await confirm(service, first["id"])
+            assert booked[0] == 201
+            read_back = await service.get_booking(caller, booked[1]["id"], None)
+            assert read_back == booked[1]
+            assert await confirm(service, first["id"]) == booked
+            later = MONDAY_10_NY + timedelta(hours=5)
+            other = await service.create_hold(
+                caller, tenant.service_id, later, [], None, None, None
+            )
+            with pytest.raises(IdempotencyMismatch):
+                await confirm(service, other["id"])
+
+    asyncio.run(book_and_retry())
+
+    assert row_counts(infra.admin_url, tenant.id)["bookings"] == 1
+
+
+def test_a_changed_window_writes_nothing(api: Api, infra: Infra) -> None:
+    """`book_window` handed a window that no longer reads so: no booking, no claimed key, no
+    audit event; and a NULL in place of the window read is an error, not "nothing seen"."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), rooms=0)
+    (staff,) = tenant.staff
+    start, end = MONDAY_10_NY, MONDAY_10_NY + timedelta(hours=1)
+    booking_id = "00000000-0000-4000-8000-000000000001"
+    booking = {"id": booking_id, "service_id": tenant.service_id, "customer": "Ada"}
+    link = {
+        "booking_id": booking_id,
+        "resource_id": staff,
+        "requirement_index": 0,
+        "service_id": tenant.service_id,
+        "local_day": "2027-03-01",
+        "minutes": 60,
+    }
+    documents = (
+        json.dumps([{**booking, "starts_at": start.isoformat(), "ends_at": end.isoformat()}]),
+        json.dumps([{**link, "lo": start.isoformat(), "hi": end.isoformat()}]),
+    )
+    call = (
+        "SELECT outcome FROM book_window(%s, ARRAY[%s]::uuid[], %s, %s, '{}', false, '{}',"
+        " '2027-02-28', '2027-03-02', ARRAY[%s]::bigint[], %s, 'a-key', '\\x00', %s, %s,"
+        " '{}', '{}')"
+    )
+    window = (tenant.id, staff, start, end, lock_key(staff))
+    with psycopg.connect(infra.app_url, autocommit=True) as conn:
+        # Seen: not even the catalog version, which every read of a tenant's window returns.
+        row = conn.execute(call, (*window, "[]", *documents)).fetchone()
+        assert row == ("changed",)
+        with pytest.raises(psycopg.errors.NullValueNotAllowed):
+            conn.execute(call, (*window, None, *documents))
+    assert row_counts(infra.admin_url, tenant.id) == {
+        "bookings": 0,
+        "booking_resources": 0,
+        "booking_series": 0,
+        "idempotency_keys": 0,
+    }
+    with psycopg.connect(infra.admin_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM audit_events WHERE tenant_id = %s AND action = 'booking.create'",
+            (tenant.id,),
+        ).fetchone()
+    assert row == (0,)
+
+
+@settings(max_examples=300, deadline=None)
+@example(datetime(2027, 3, 1, 15, tzinfo=UTC))
+@example(datetime(2027, 3, 1, 15, 0, 0, 1, tzinfo=UTC))
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 1),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.just(UTC),
+    )
+)
+def test_the_database_writes_an_instant_as_the_service_does(infra: Infra, at: datetime) -> None:
+    """`format_instant`, which writes the `created_at` of a booking's stored answer, against
+    the service's own `iso` (microseconds, often zero here, only when there are some)."""
+    with psycopg.connect(infra.app_url, autocommit=True) as conn:
+        row = conn.execute("SELECT format_instant(%s)", (at,)).fetchone()
+    assert row == (iso(at),)
