@@ -206,6 +206,12 @@ def pinned_to(service: Service, assignment: Assignment) -> Service:
     return replace(service, requirements=reqs)
 
 
+# Per worker, the window each hold's check read (`calendar_window`'s rows), so that confirming
+# it can skip reading it again: the confirmation mostly comes on the hold's kept-alive
+# connection, so to the same worker. Oldest first out; about a kilobyte each.
+REMEMBERED_HOLD_READS = 10_000
+
+
 class BookingService:
     """The booking use cases; the HTTP layer only parses, calls one of these, and renders."""
 
@@ -230,6 +236,7 @@ class BookingService:
         self.catalogs = repo.CatalogCache()
         self.batched_audit = batched_audit
         self._catalog_loads: SingleFlight[str, repo.Catalog] = SingleFlight()
+        self._hold_reads: dict[tuple[str, str], list[repo.WindowRow]] = {}
 
     # --- reads ---------------------------------------------------------------------------------
     async def availability(
@@ -302,7 +309,7 @@ class BookingService:
     ) -> dict[str, Any]:
         caller.require("read")
         now = self.clock()
-        record, service, calendars = await self._one_start(
+        record, service, calendars, _ = await self._one_start(
             caller, service_id, start, pins, "availability.explain", request_id
         )
         await self.add_live_holds(caller.tenant, calendars, record.service.footprint(start))
@@ -328,7 +335,7 @@ class BookingService:
         nonce = new_nonce() if idem is None else idem_nonce(caller, idem)
         taken = await self._hold_first(caller, service_id, start, pins, nonce, ttl, request_id)
         try:
-            record, service, calendars = await self._one_start(
+            record, service, calendars, seen = await self._one_start(
                 caller, service_id, start, pins, "hold.create", request_id
             )
             verdict, degraded = await self._plan_and_hold(
@@ -350,6 +357,9 @@ class BookingService:
             now + ttl,
             degraded,
         )
+        self._hold_reads[caller.tenant, nonce] = seen
+        if len(self._hold_reads) > REMEMBERED_HOLD_READS:
+            del self._hold_reads[next(iter(self._hold_reads))]
         return self._hold_json(hold)
 
     def _ttl(self, ttl: timedelta | None) -> timedelta:
@@ -370,25 +380,29 @@ class BookingService:
         pins: Sequence[str],
         action: str,
         request_id: str | None,
-    ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]:
-        """The service and its candidates' calendars around one start, read and audited."""
+    ) -> tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar], list[repo.WindowRow]]:
+        """The service and its candidates' calendars around one start, read and audited, and
+        the rows they were read from."""
 
         async def reads(
             conn: Conn, catalog: repo.Catalog
-        ) -> tuple[int, tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar]]]:
+        ) -> tuple[
+            int,
+            tuple[repo.ServiceRecord, Service, dict[str, ResourceCalendar], list[repo.WindowRow]],
+        ]:
             record = catalog.service(service_id)
-            version, service, calendars = await self.calendars_for(
-                conn, catalog, record.service, record.service.footprint(start), pins
-            )
-            return version, (record, service, calendars)
+            service, resources = candidates(catalog, record.service, pins)
+            rows = await repo.read_window(conn, catalog, resources, record.service.footprint(start))
+            version, calendars = repo.calendars_of(catalog, resources, rows)
+            return version, (record, service, calendars, rows)
 
-        record, service, calendars = await self._read_current(caller.tenant, reads)
+        record, service, calendars, seen = await self._read_current(caller.tenant, reads)
         # The read writes nothing: its event goes through the batched writer, so it needs no
         # transaction (see `_read_current`).
         await self.batched_audit.append(
             caller, action, "service", service_id, request_id, {"start": iso(start)}
         )
-        return record, service, calendars
+        return record, service, calendars, seen
 
     async def _read_current(
         self, tenant_id: str, reads: Callable[[Conn, repo.Catalog], Awaitable[tuple[int, T]]]
@@ -642,10 +656,10 @@ class BookingService:
         idem: Idempotency | None,
         request_id: str | None,
     ) -> tuple[repo.ServiceRecord, tuple[int, Any]]:
-        """Book what a hold names: in two statements (`_book_held_at_once`) where it can, else
-        in a transaction. Its resources are known up front, so there the idempotency claim,
-        the catalog check, the locks and the calendars read under them all share one round
-        trip; the insert is the second, the audit row and COMMIT the third."""
+        """Book what a hold names: in one or two statements (`_book_held_at_once`) where it
+        can, else in a transaction. Its resources are known up front, so there the idempotency
+        claim, the catalog check, the locks and the calendars read under them all share one
+        round trip; the insert is the second, the audit row and COMMIT the third."""
         booked = await self._book_held_at_once(caller, hold, customer, now, idem, request_id)
         if booked is not None:
             return booked
@@ -690,16 +704,17 @@ class BookingService:
         idem: Idempotency | None,
         request_id: str | None,
     ) -> tuple[repo.ServiceRecord, tuple[int, Any]] | None:
-        """The common confirmation in two statements outside any transaction, where the
-        transaction took seven (most of a confirmation's cost is per statement): the hold's
-        window read without locks (with the catalog version, checked against the cached
-        catalog), the engine's verdict on it, then `book_window` (migration 0010), which books
-        only if under the locks the window still reads the same — so the verdict stands as if
-        it had been reached under them. None where the transaction must decide: no current
-        cached catalog, the study's other strategies (their layer 2 is not advisory locks),
-        a refusal (it may be this very request's earlier attempt, which the transaction
-        replays from its Idempotency-Key; or be caused by a booking since cancelled), and a
-        window changed meanwhile."""
+        """The common confirmation in at most two statements outside any transaction, where
+        the transaction takes seven (most of a confirmation's cost is per statement): the
+        engine's verdict on the hold's window as read without locks, then `book_window`
+        (migration 0010), which books only if under the locks the window still reads the same
+        — so the verdict stands as if it had been reached under them. The window read is the
+        hold's own check's, when this worker remembers it (then the first statement is not
+        needed), else read now; a remembered read that no longer holds is read again once.
+        None where the transaction must decide: no current cached catalog, the study's other
+        strategies (their layer 2 is not advisory locks), a refusal (it may be this very
+        request's earlier attempt, which the transaction replays from its Idempotency-Key),
+        and a window changed between the read and the locks."""
         catalog = self.catalogs.cached(caller.tenant)
         if catalog is None or self.strategy != "holds":
             return None
@@ -709,51 +724,93 @@ class BookingService:
         service = pinned_to(record.service, hold.resources)
         resources = catalog.resources_for(service, [rid for _, rid in hold.resources])
         footprint = service.footprint(hold.start)
+        reads: list[list[repo.WindowRow] | None] = [None]  # None: read the window now
+        remembered = self._hold_reads.pop((caller.tenant, hold.nonce), None)
+        if remembered is not None:
+            # The hold's check read all its candidates: the rows of those held.
+            reads.insert(0, repo.rows_about(remembered, resources))
         async with self.db.connection() as conn:
-            seen = await repo.read_window(conn, catalog, resources, footprint)
-            version, calendars = repo.calendars_of(catalog, resources, seen)
-            if version != catalog.version:
-                return None
-            verdict = explain(service, calendars, hold.start, now, record.rules)
-            if not isinstance(verdict, Offered):
-                return None
-            booking = _new_booking(
-                record,
-                calendars,
-                hold.start,
-                verdict.assignment,
-                customer,
-                caller.key_id,
-                hold_nonce=None if hold.degraded else hold.nonce,
-            )
-            # `created_at` is the statement's: `book_window` sets it in the answer it stores.
-            answer = _booking_json(repo.inserted_row(booking, created_at=None))
-            event = audit_event(
-                caller,
-                "booking.create",
-                "booking",
-                booking.id,
-                request_id,
-                {"start": iso(booking.start), "hold": True},
-            )
-            with _violations_as_conflicts():
-                row = await repo.book_window(
+            for seen in reads:
+                if seen is None:
+                    seen = await repo.read_window(conn, catalog, resources, footprint)
+                answer = await self._book_as_seen(
                     conn,
+                    caller,
                     catalog,
+                    record,
                     resources,
-                    footprint,
+                    hold,
                     seen,
-                    booking,
-                    (idem.key, idem.fingerprint) if idem is not None else None,
-                    answer,
-                    event,
+                    customer,
+                    now,
+                    idem,
+                    request_id,
                 )
+                if answer is not None:
+                    return record, answer
+        return None
+
+    async def _book_as_seen(
+        self,
+        conn: Conn,
+        caller: Caller,
+        catalog: repo.Catalog,
+        record: repo.ServiceRecord,
+        resources: Mapping[str, Resource],
+        hold: Hold,
+        seen: list[repo.WindowRow],
+        customer: str,
+        now: datetime,
+        idem: Idempotency | None,
+        request_id: str | None,
+    ) -> tuple[int, Any] | None:
+        """`book_window` of ``hold`` if the engine offers it over the window read as ``seen``
+        (and the cached ``catalog`` is the one it saw): the answer, or None (see
+        `_book_held_at_once`)."""
+        version, calendars = repo.calendars_of(catalog, resources, seen)
+        if version != catalog.version:
+            return None
+        service = pinned_to(record.service, hold.resources)
+        verdict = explain(service, calendars, hold.start, now, record.rules)
+        if not isinstance(verdict, Offered):
+            return None
+        booking = _new_booking(
+            record,
+            calendars,
+            hold.start,
+            verdict.assignment,
+            customer,
+            caller.key_id,
+            hold_nonce=None if hold.degraded else hold.nonce,
+        )
+        # `created_at` is the statement's: `book_window` sets it in the answer it stores.
+        answer = _booking_json(repo.inserted_row(booking, created_at=None))
+        event = audit_event(
+            caller,
+            "booking.create",
+            "booking",
+            booking.id,
+            request_id,
+            {"start": iso(booking.start), "hold": True},
+        )
+        with _violations_as_conflicts():
+            row = await repo.book_window(
+                conn,
+                catalog,
+                resources,
+                service.footprint(hold.start),
+                seen,
+                booking,
+                (idem.key, idem.fingerprint) if idem is not None else None,
+                answer,
+                event,
+            )
         if row is not None and row["outcome"] == "changed":
             return None
         if row is not None and row["outcome"] == "booked":
-            return record, (201, row["response"])
+            return 201, row["response"]
         assert idem is not None, "only a claim of an Idempotency-Key finds it taken"
-        return record, stored_answer(idem, row)
+        return stored_answer(idem, row)
 
     async def _confirm_direct(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
@@ -517,6 +517,12 @@ async def read_window(
 # calendar_window's row: entry, resource, lo, hi, ref, minutes, n, day (see migration 0009).
 WindowRow = tuple[Any, ...]
 _WINDOW_COLUMNS = ("entry", "rid", "lo", "hi", "ref", "minutes", "n", "day")
+
+
+def rows_about(rows: Iterable[WindowRow], resource_ids: Collection[str]) -> list[WindowRow]:
+    """The rows of a window read about ``resource_ids`` (and the catalog version): what a read
+    of only those resources would have returned."""
+    return [row for row in rows if row[1] is None or row[1] in resource_ids]
 
 
 def _window_args(

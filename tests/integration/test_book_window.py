@@ -1,11 +1,12 @@
-"""Confirming a hold in two statements (`book_window`, migration 0010).
+"""Confirming a hold in at most two statements (`book_window`, migration 0010).
 
-The service reads the hold's window without locks, asks the engine, and books in one
-statement that takes the locks and re-reads the window: it books only if the window reads as
-the service saw it, else writes nothing and a transaction decides. Run in-process on the real
-servers, so that the catalog is cached (the two statements are taken only then); the window
-is changed between them while a test session holds the resource's advisory lock, which the
-booking statement waits for.
+The service takes the hold's window as its check read it (remembered by the worker) or reads
+it without locks, asks the engine, and books in one statement that takes the locks and
+re-reads the window: it books only if the window reads as the service saw it, else writes
+nothing and the window is read again, or a transaction decides. Run in-process on the real
+servers, so that the catalog is cached (the fast path is taken only then). The window is
+changed between the hold and its confirmation, or while a test session holds the resource's
+advisory lock, which the booking statement waits for.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from service.auth import Caller
 from service.booking import BookingService, iso
 from service.db import Idempotency
 from service.errors import CapacityExceeded, IdempotencyMismatch
@@ -33,6 +35,22 @@ from tests.integration.test_hold_refusals import booking_service, callers
 
 MONDAY_10_NY = datetime(2027, 3, 1, 15, tzinfo=UTC)
 MONDAY_14_NY = "2027-03-01T19:00:00Z"
+
+
+async def confirm(
+    service: BookingService, caller: Caller, hold_id: str, idem: Idempotency | None = None
+) -> tuple[int, Any]:
+    """Confirm a hold, as `POST /v1/bookings {"hold_id": ..., "customer": "Ada"}` does."""
+    return await service.confirm(
+        caller,
+        hold_id=hold_id,
+        service_id=None,
+        start=None,
+        pins=(),
+        customer="Ada",
+        idem=idem,
+        request_id=None,
+    )
 
 
 async def waiting_statement(admin: psycopg.Connection[tuple[object, ...]]) -> str:
@@ -65,18 +83,7 @@ def test_a_day_filled_between_the_read_and_the_booking_is_refused(api: Api, infr
             )
             with psycopg.connect(infra.admin_url, autocommit=True) as admin:
                 admin.execute("SELECT pg_advisory_lock(%s)", (lock_key(staff),))
-                confirming = asyncio.create_task(
-                    service.confirm(
-                        caller,
-                        hold_id=held["id"],
-                        service_id=None,
-                        start=None,
-                        pins=(),
-                        customer="Ada",
-                        idem=None,
-                        request_id=None,
-                    )
-                )
+                confirming = asyncio.create_task(confirm(service, caller, held["id"]))
                 waiting = await waiting_statement(admin)
                 take_directly(admin, tenant.id, tenant.service_id, staff, MONDAY_14_NY)
                 admin.execute("SELECT pg_advisory_unlock_all()")
@@ -93,6 +100,37 @@ def test_a_day_filled_between_the_read_and_the_booking_is_refused(api: Api, infr
     assert overlaps(infra.admin_url) == []
 
 
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_a_hold_confirmed_after_its_day_changed(api: Api, infra: Infra, capacity: int) -> None:
+    """The worker remembers the window its hold's check read, and confirming the hold starts
+    from that read. Between the two, another booking takes the staff member's day: with
+    capacity 1 the confirmation is refused, with 2 it books (the stale read is read again)."""
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        tenant = make_tenant(client, api.admin_headers(), rooms=0, daily_capacity=capacity)
+    (staff,) = tenant.staff
+    caller, _ = callers(infra.admin_url, tenant.id)
+
+    async def hold_then_confirm() -> tuple[int, Any]:
+        async with booking_service(infra) as service:
+            held = await service.create_hold(
+                caller, tenant.service_id, MONDAY_10_NY, [], None, None, None
+            )
+            with psycopg.connect(infra.admin_url, autocommit=True) as admin:
+                take_directly(admin, tenant.id, tenant.service_id, staff, MONDAY_14_NY)
+            return await confirm(service, caller, held["id"])
+
+    monday = MONDAY_10_NY.date()
+    if capacity == 1:
+        with pytest.raises(CapacityExceeded):
+            asyncio.run(hold_then_confirm())
+        assert len(booked_on(infra.admin_url, staff, NEW_YORK, monday)) == 1
+    else:
+        status, booked = asyncio.run(hold_then_confirm())
+        assert status == 201
+        assert booked["id"] in booked_on(infra.admin_url, staff, NEW_YORK, monday)
+        assert len(booked_on(infra.admin_url, staff, NEW_YORK, monday)) == 2
+
+
 def test_the_answer_is_the_booking_read_back_and_what_its_key_replays(
     api: Api, infra: Infra
 ) -> None:
@@ -103,35 +141,26 @@ def test_the_answer_is_the_booking_read_back_and_what_its_key_replays(
         tenant = make_tenant(client, api.admin_headers(), rooms=0)
     caller, _ = callers(infra.admin_url, tenant.id)
 
-    async def confirm(service: BookingService, hold_id: str) -> tuple[int, Any]:
+    def idem(hold_id: str) -> Idempotency | None:
         body = {"hold_id": hold_id, "customer": "Ada"}
-        return await service.confirm(
-            caller,
-            hold_id=hold_id,
-            service_id=None,
-            start=None,
-            pins=(),
-            customer="Ada",
-            idem=Idempotency.of("confirm-once", "POST", "/v1/bookings", body),
-            request_id=None,
-        )
+        return Idempotency.of("confirm-once", "POST", "/v1/bookings", body)
 
     async def book_and_retry() -> None:
         async with booking_service(infra) as service:
             first = await service.create_hold(
                 caller, tenant.service_id, MONDAY_10_NY, [], None, None, None
             )
-            booked = await confirm(service, first["id"])
+            booked = await confirm(service, caller, first["id"], idem(first["id"]))
             assert booked[0] == 201
             read_back = await service.get_booking(caller, booked[1]["id"], None)
             assert read_back == booked[1]
-            assert await confirm(service, first["id"]) == booked
+            assert await confirm(service, caller, first["id"], idem(first["id"])) == booked
             later = MONDAY_10_NY + timedelta(hours=5)
             other = await service.create_hold(
                 caller, tenant.service_id, later, [], None, None, None
             )
             with pytest.raises(IdempotencyMismatch):
-                await confirm(service, other["id"])
+                await confirm(service, caller, other["id"], idem(other["id"]))
 
     asyncio.run(book_and_retry())
 
