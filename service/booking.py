@@ -206,9 +206,9 @@ def pinned_to(service: Service, assignment: Assignment) -> Service:
     return replace(service, requirements=reqs)
 
 
-# Per worker, the window each hold's check read (`calendar_window`'s rows), so that confirming
-# it can skip reading it again: the confirmation mostly comes on the hold's kept-alive
-# connection, so to the same worker. Oldest first out; about a kilobyte each.
+# Per worker, the window each hold's check read (`calendar_window`'s rows about the resources
+# held), so that confirming it can skip reading it again: the confirmation mostly comes on the
+# hold's kept-alive connection, so to the same worker. Oldest first out; a few rows each.
 REMEMBERED_HOLD_READS = 10_000
 
 
@@ -357,9 +357,11 @@ class BookingService:
             now + ttl,
             degraded,
         )
-        self._hold_reads[caller.tenant, nonce] = seen
-        if len(self._hold_reads) > REMEMBERED_HOLD_READS:
-            del self._hold_reads[next(iter(self._hold_reads))]
+        if self.strategy == "holds":  # what `_book_held_at_once` starts from
+            held = {rid for _, rid in verdict.assignment}
+            self._hold_reads[caller.tenant, nonce] = repo.rows_about(seen, held)
+            if len(self._hold_reads) > REMEMBERED_HOLD_READS:
+                del self._hold_reads[next(iter(self._hold_reads))]
         return self._hold_json(hold)
 
     def _ttl(self, ttl: timedelta | None) -> timedelta:
@@ -656,8 +658,8 @@ class BookingService:
         idem: Idempotency | None,
         request_id: str | None,
     ) -> tuple[repo.ServiceRecord, tuple[int, Any]]:
-        """Book what a hold names: in one or two statements (`_book_held_at_once`) where it
-        can, else in a transaction. Its resources are known up front, so there the idempotency
+        """Book what a hold names: in one statement (`_book_held_at_once`) where it can, else
+        in a transaction. Its resources are known up front, so there the idempotency
         claim, the catalog check, the locks and the calendars read under them all share one
         round trip; the insert is the second, the audit row and COMMIT the third."""
         booked = await self._book_held_at_once(caller, hold, customer, now, idem, request_id)
@@ -704,17 +706,18 @@ class BookingService:
         idem: Idempotency | None,
         request_id: str | None,
     ) -> tuple[repo.ServiceRecord, tuple[int, Any]] | None:
-        """The common confirmation in at most two statements outside any transaction, where
-        the transaction takes seven (most of a confirmation's cost is per statement): the
-        engine's verdict on the hold's window as read without locks, then `book_window`
-        (migration 0010), which books only if under the locks the window still reads the same
-        — so the verdict stands as if it had been reached under them. The window read is the
-        hold's own check's, when this worker remembers it (then the first statement is not
-        needed), else read now; a remembered read that no longer holds is read again once.
-        None where the transaction must decide: no current cached catalog, the study's other
-        strategies (their layer 2 is not advisory locks), a refusal (it may be this very
-        request's earlier attempt, which the transaction replays from its Idempotency-Key),
-        and a window changed between the read and the locks."""
+        """The common confirmation in one statement outside any transaction, where the
+        transaction takes seven (most of a confirmation's cost is per statement): the engine's
+        verdict on the hold's window as read without locks, then `book_window` (migration
+        0010), which books only if under the locks the window still reads the same — so the
+        verdict stands as if it had been reached under them. The read is the hold's own
+        check's, which this worker remembers if the hold was taken here (the usual case: the
+        client's kept-alive connection); else, or if it no longer holds, the window is read
+        again (a statement more) for one more try. None where the transaction must decide: no
+        current cached catalog, the study's other strategies (their layer 2 is not advisory
+        locks), a refusal (it may be this very request's earlier attempt, which the
+        transaction replays from its Idempotency-Key), and a window changed between the read
+        and the locks."""
         catalog = self.catalogs.cached(caller.tenant)
         if catalog is None or self.strategy != "holds":
             return None
@@ -727,8 +730,7 @@ class BookingService:
         reads: list[list[repo.WindowRow] | None] = [None]  # None: read the window now
         remembered = self._hold_reads.pop((caller.tenant, hold.nonce), None)
         if remembered is not None:
-            # The hold's check read all its candidates: the rows of those held.
-            reads.insert(0, repo.rows_about(remembered, resources))
+            reads.insert(0, remembered)
         async with self.db.connection() as conn:
             for seen in reads:
                 if seen is None:
@@ -738,6 +740,7 @@ class BookingService:
                     caller,
                     catalog,
                     record,
+                    service,
                     resources,
                     hold,
                     seen,
@@ -756,6 +759,7 @@ class BookingService:
         caller: Caller,
         catalog: repo.Catalog,
         record: repo.ServiceRecord,
+        service: Service,
         resources: Mapping[str, Resource],
         hold: Hold,
         seen: list[repo.WindowRow],
@@ -764,13 +768,12 @@ class BookingService:
         idem: Idempotency | None,
         request_id: str | None,
     ) -> tuple[int, Any] | None:
-        """`book_window` of ``hold`` if the engine offers it over the window read as ``seen``
-        (and the cached ``catalog`` is the one it saw): the answer, or None (see
-        `_book_held_at_once`)."""
+        """`book_window` of ``hold`` (``service`` pinned to it) if the engine offers it over
+        the window read as ``seen`` and the cached ``catalog`` is the one it saw: the answer,
+        or None (see `_book_held_at_once`)."""
         version, calendars = repo.calendars_of(catalog, resources, seen)
         if version != catalog.version:
             return None
-        service = pinned_to(record.service, hold.resources)
         verdict = explain(service, calendars, hold.start, now, record.rules)
         if not isinstance(verdict, Offered):
             return None
@@ -805,11 +808,9 @@ class BookingService:
                 answer,
                 event,
             )
-        if row is not None and row["outcome"] == "changed":
-            return None
-        if row is not None and row["outcome"] == "booked":
-            return 201, row["response"]
-        assert idem is not None, "only a claim of an Idempotency-Key finds it taken"
+        if row is not None and row["outcome"] != "replay":
+            return (201, row["response"]) if row["outcome"] == "booked" else None
+        assert idem is not None, "a replay answers a claim of an Idempotency-Key"
         return stored_answer(idem, row)
 
     async def _confirm_direct(

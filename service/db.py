@@ -4,8 +4,8 @@ Row Level Security does the tenant filtering: each transaction runs
 `set_config('app.tenant_id', …, true)` (SET LOCAL), so a pooled connection never carries one
 tenant's identity into another's request, and a query that forgets `WHERE tenant_id` still
 sees one tenant only. A request that needs only one statement, which sets the tenant the same
-way for its own transaction (`calendar_window`, `append_audit`: migration 0009), runs it on a
-`connection()` outside any transaction instead.
+way for its own transaction (`calendar_window`, `append_audit`: migration 0009; `book_window`:
+0010), runs it on a `connection()` outside any transaction instead.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Conn]:
         """A connection outside any transaction (autocommit: each statement is one), for a
-        statement that sets the tenant itself, for itself (`calendar_window`, `append_audit`);
+        statement that sets the tenant itself, for itself (`calendar_window`, `append_audit`,
+        `book_window`);
         any other statement on it sees nothing under Row Level Security, so a read needing two
         statements belongs in a `transaction`. PostgreSQL down fails closed, as there."""
         try:

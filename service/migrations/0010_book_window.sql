@@ -1,18 +1,19 @@
--- Confirming a hold in two statements outside any transaction, where it took seven (BEGIN, the
+-- Confirming a hold in one statement outside any transaction, where it took seven (BEGIN, the
 -- tenant, the Idempotency-Key claim, the locked read, the insert, the answer and audit row,
 -- COMMIT): each statement costs the service ~75 us of CPU and PostgreSQL ~35 us (see 0009).
--- The service reads the hold's window without locks (`calendar_window`), asks the engine, and
--- then calls `book_window`, which takes the locks, re-reads the window under them and books
--- only if it reads exactly as the service saw it: the catalog version, every busy entry and
--- every daily load. Otherwise it writes nothing and says 'changed', and the service decides
--- in a transaction that reads under the locks before asking the engine.
+-- The service has the hold's window as read without locks (`calendar_window`: by the hold's
+-- own check, or again), asks the engine, and then calls `book_window`, which takes the locks,
+-- re-reads the window under them and books only if it reads exactly as the service saw it:
+-- the catalog version, every busy entry and every daily load. Otherwise it writes nothing
+-- and says 'changed', and the service reads again or decides in a transaction that reads
+-- under the locks before asking the engine.
 
 -- An instant as the service writes one in JSON (`booking.iso`): UTC, microseconds only when
 -- there are some, and 'Z'. A booking's answer stored here must read as the service's own.
 CREATE FUNCTION format_instant(t timestamptz) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-        || CASE WHEN date_part('microseconds', t)::bigint % 1000000 = 0 THEN ''
+        || CASE WHEN date_part('microseconds', t AT TIME ZONE 'UTC')::bigint % 1000000 = 0 THEN ''
                 ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
         || 'Z'
 $$;
@@ -59,7 +60,8 @@ $$;
 -- `p_key`/`p_request_hash`: the Idempotency-Key and its request's fingerprint, or NULLs.
 -- `p_answer`: the 201 body, its `created_at` set here; `p_event`: the audit event (`append_audit`).
 -- Returns one row: 'booked' with the answer as stored; 'replay' with the key's stored status,
--- answer and fingerprint (the key was taken first); 'changed' (nothing written).
+-- answer and fingerprint (the key was taken first; no lock is taken); 'changed' (nothing
+-- written).
 CREATE FUNCTION book_window(
     p_tenant uuid,
     p_ids uuid[],
@@ -86,6 +88,21 @@ BEGIN
     IF p_seen IS NULL THEN  -- NULL would compare as "nothing seen": any window would differ
         RAISE EXCEPTION 'book_window: p_seen is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    -- The key before the locks, as every booking's transaction claims it: in the other order
+    -- a retry taking this path and its first attempt in a transaction could deadlock.
+    IF p_key IS NOT NULL THEN
+        -- Waits for a concurrent claim of the key to commit (then replays) or roll back.
+        INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, response)
+        VALUES (p_tenant, p_key, p_request_hash, 0, 'null')
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN QUERY
+                SELECT 'replay', k.status, k.response, k.request_hash
+                  FROM idempotency_keys k WHERE k.tenant_id = p_tenant AND k.key = p_key;
+            RETURN;
+        END IF;
+    END IF;
     -- The locks, then the window under them (a CTE calling a volatile function runs it once).
     IF EXISTS (
         WITH now_read AS MATERIALIZED (
@@ -99,20 +116,11 @@ BEGIN
         UNION ALL
         (SELECT * FROM seen EXCEPT ALL SELECT * FROM now_read)
     ) THEN
+        IF p_key IS NOT NULL THEN  -- nothing written: the claim too is gone at the commit
+            DELETE FROM idempotency_keys k WHERE k.tenant_id = p_tenant AND k.key = p_key;
+        END IF;
         RETURN QUERY SELECT 'changed', NULL::integer, NULL::jsonb, NULL::bytea;
         RETURN;
-    END IF;
-    IF p_key IS NOT NULL THEN
-        -- Waits for a concurrent claim of the key to commit (then replays) or roll back.
-        INSERT INTO idempotency_keys (tenant_id, key, request_hash, status, response)
-        VALUES (p_tenant, p_key, p_request_hash, 0, 'null')
-        ON CONFLICT DO NOTHING;
-        IF NOT FOUND THEN
-            RETURN QUERY
-                SELECT 'replay', k.status, k.response, k.request_hash
-                  FROM idempotency_keys k WHERE k.tenant_id = p_tenant AND k.key = p_key;
-            RETURN;
-        END IF;
     END IF;
     v_answer := p_answer || jsonb_build_object(
         'created_at', format_instant(insert_bookings(p_tenant, p_bookings, p_resources)));
