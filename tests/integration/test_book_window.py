@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -280,7 +281,7 @@ def test_book_window_books_only_the_window_it_was_shown(api: Api, infra: Infra) 
     with psycopg.connect(infra.admin_url, autocommit=True) as admin:
         take_directly(admin, tenant.id, tenant.service_id, staff, MONDAY_14_NY)
     start, end = MONDAY_10_NY, MONDAY_10_NY + timedelta(hours=1)
-    booking_id = "00000000-0000-4000-8000-000000000001"
+    booking_id = str(uuid.uuid4())  # ids are unique across tenants: not a constant
     booking = {"id": booking_id, "service_id": tenant.service_id, "customer": "Ada"}
     link = {
         "booking_id": booking_id,
