@@ -1,4 +1,4 @@
-"""Confirming a hold in at most two statements (`book_window`, migration 0010).
+"""Confirming a hold outside any transaction (`book_window`, migration 0010).
 
 The service takes the hold's window as its check read it (remembered by the worker) or reads
 it without locks, asks the engine, and books in one statement that takes the locks and
