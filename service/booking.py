@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -236,7 +237,7 @@ class BookingService:
         self.catalogs = repo.CatalogCache()
         self.batched_audit = batched_audit
         self._catalog_loads: SingleFlight[str, repo.Catalog] = SingleFlight()
-        self._hold_reads: dict[tuple[str, str], list[repo.WindowRow]] = {}
+        self._hold_reads: OrderedDict[tuple[str, str], list[repo.WindowRow]] = OrderedDict()
 
     # --- reads ---------------------------------------------------------------------------------
     async def availability(
@@ -361,7 +362,9 @@ class BookingService:
             held = {rid for _, rid in verdict.assignment}
             self._hold_reads[caller.tenant, nonce] = repo.rows_about(seen, held)
             if len(self._hold_reads) > REMEMBERED_HOLD_READS:
-                del self._hold_reads[next(iter(self._hold_reads))]
+                # popitem, not `del d[next(iter(d))]`: a plain dict's first key is found by
+                # walking past every slot deleted before it, which grows with the churn.
+                self._hold_reads.popitem(last=False)
         return self._hold_json(hold)
 
     def _ttl(self, ttl: timedelta | None) -> timedelta:
