@@ -214,21 +214,31 @@ def match(domains: Sequence[Sequence[str]], counts: Sequence[int]) -> list[tuple
     None when Hall's condition fails. Domains are tiny, so this is cheap."""
     units = [req for req, count in enumerate(counts) for _ in range(count)]
     holder: dict[str, int] = {}  # resource id -> unit index
-
-    def augment(unit: int, seen: set[str]) -> bool:
-        for rid in domains[units[unit]]:
-            if rid in seen:
-                continue
-            seen.add(rid)
-            if rid not in holder or augment(holder[rid], seen):
-                holder[rid] = unit
-                return True
-        return False
-
     for unit in range(len(units)):
-        if not augment(unit, set()):
+        if not _augment(unit, set(), domains, units, holder):
             return None
     return sorted((units[unit], rid) for rid, unit in holder.items())
+
+
+def _augment(
+    unit: int,
+    seen: set[str],
+    domains: Sequence[Sequence[str]],
+    units: Sequence[int],
+    holder: dict[str, int],
+) -> bool:
+    """Find ``unit`` a resource, moving earlier units along an augmenting path if need be.
+    A module function rather than a closure in `match`: a closure that calls itself holds
+    itself in a reference cycle, garbage that only the cyclic collector frees, and every
+    `explain` made one (the service's workers run that collector rarely: service/heap.py)."""
+    for rid in domains[units[unit]]:
+        if rid in seen:
+            continue
+        seen.add(rid)
+        if rid not in holder or _augment(holder[rid], seen, domains, units, holder):
+            holder[rid] = unit
+            return True
+    return False
 
 
 def availability(

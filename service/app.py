@@ -6,14 +6,14 @@ is the factory `slotwise serve` hands to uvicorn for each worker process.
 
 from __future__ import annotations
 
-import gc
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -36,6 +36,7 @@ from litestar.types import Message, Scope
 
 from engine.errors import InvalidInterval, InvalidModel, InvalidRecurrence, UnknownZone
 from engine.intervals import Interval
+from service import heap
 from service import repository as repo
 from service.audit_batch import BatchedAudit
 from service.auth import Caller, bearer, is_admin, parse_token
@@ -875,27 +876,8 @@ async def add_request_id(message: Message, scope: Scope) -> None:
 
 
 # --- wiring -----------------------------------------------------------------------------------
-def settle_heap() -> None:
-    """Garbage-collect less in a worker that has finished starting.
-
-    Thousands of requests in flight keep CPython's young generation full, and every
-    collection that reaches the older generations walks the hundreds of thousands of objects
-    imported at start-up (OR-Tools, Litestar): about 1,000 young and 8 full collections per
-    worker in a 10,000-request burst. Measured in three paired runs of that burst: the workers
-    spent 8.3-10.0 s of CPU with this against 11.0-12.1 s without, and their memory after it
-    stayed at about 317 MB either way. Frozen, start-up objects are never walked again. A
-    young collection runs every 20,000 allocations instead of 700. A middle-generation one
-    runs every 100 young ones instead of 10: it walks every object of the thousands of
-    requests in flight, and a burst's two took about 0.2 s of a worker's CPU (measured with
-    gc.callbacks); waiting longer, most of those objects are freed by reference counting
-    first, unwalked. Cycles are still collected, the older ones less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 100, 10)
-
-
 def create_app(config: AppConfig) -> Litestar:
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await Database.open(config.app_database_url, config.pool_min, config.pool_max)
         # The batched audit writer's own connection: in a rush, thousands of requests queue
@@ -914,10 +896,14 @@ def create_app(config: AppConfig) -> Litestar:
         )
         app.state.catalog = CatalogService(db, config.clock)
         app.state.queue = QueueService(app.state.booking)
-        settle_heap()
+        heap.settle()
+        collector = asyncio.create_task(heap.collect_on_growth())
         try:
             yield
         finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
             await valkey.aclose()
             await audit_db.close()
             await db.close()
