@@ -112,7 +112,7 @@ async def book_and_refuse(app: Litestar, tenant: Tenant, day: int) -> None:
     booked = await answer(201, "POST", "/v1/bookings", json={"hold_id": hold["id"]}, headers=key)
     direct = {**pinned, "resource_ids": [staff[1], rooms[1]]}
     other = await answer(201, "POST", "/v1/bookings", json=direct)
-    await answer(409, "POST", "/v1/bookings", json=direct)  # refused by PostgreSQL: booked
+    await answer(409, "POST", "/v1/bookings", json=direct)  # refused: booked
     await answer(200, "POST", f"/v1/bookings/{other['id']}/cancel", json={})
     later = (start + timedelta(hours=2)).isoformat()
     await answer(201, "POST", "/v1/holds", json={"service_id": tenant.service_id, "start": later})
@@ -121,8 +121,8 @@ async def book_and_refuse(app: Litestar, tenant: Tenant, day: int) -> None:
 
 
 def test_the_booking_paths_leave_no_reference_cycles(infra: Infra, tenant: Tenant) -> None:
-    """Holds (taken, refused in Valkey), confirmation, direct booking (taken, refused by
-    PostgreSQL), cancellation, rescheduling, availability and why-not. Every `explain` left a
+    """Holds (taken, refused in Valkey), confirmation, direct booking (taken, refused as
+    booked), cancellation, rescheduling, availability and why-not. Every `explain` left a
     cycle while the engine's matching was a closure calling itself."""
     app = create_app(
         AppConfig(
@@ -147,7 +147,7 @@ def test_the_booking_paths_leave_no_reference_cycles(infra: Infra, tenant: Tenan
 
 def test_memory_growth_starts_a_collection_and_nothing_else_does() -> None:
     """A cycle holding 64 MB is collected within a few checks once it is garbage; one holding a
-    few bytes is left for the thresholds, however long the watch."""
+    few bytes, all the while before, is left to the thresholds."""
 
     class Node:
         def __init__(self, payload: bytes) -> None:
