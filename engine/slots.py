@@ -229,8 +229,8 @@ def _augment(
 ) -> bool:
     """Find ``unit`` a resource, moving earlier units along an augmenting path if need be.
     A module function rather than a closure in `match`: a closure that calls itself holds
-    itself in a reference cycle, garbage that only the cyclic collector frees, and every
-    `explain` made one (the service's workers run that collector rarely: service/heap.py)."""
+    itself in a reference cycle, garbage that only the cyclic collector frees, and every call
+    of `match` made one (the service's workers run that collector rarely: service/heap.py)."""
     for rid in domains[units[unit]]:
         if rid in seen:
             continue

@@ -902,8 +902,7 @@ def create_app(config: AppConfig) -> Litestar:
             yield
         finally:
             collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collector
+            await asyncio.gather(collector, return_exceptions=True)  # whatever ended it
             await valkey.aclose()
             await audit_db.close()
             await db.close()
