@@ -40,7 +40,7 @@ class BurstUser(ApiUser):
         resource_id, start = plan["targets"][me]
         # Encoded before any barrier, as the connection is opened: the burst measures the
         # service, and JSON-encoding 10,000 bodies at the release took the client's CPU.
-        hold = json.dumps(
+        hold_body = json.dumps(
             {"service_id": plan["service_id"], "start": start, "resource_ids": [resource_id]}
         ).encode()
         call(self, "connect", "GET", "/healthz", user_index=me, phase="connect")
@@ -49,11 +49,13 @@ class BurstUser(ApiUser):
             if phase == "noop":
                 call(self, "noop", "GET", "/healthz", user_index=me, phase=phase)
             else:
-                self.book(me, plan, headers, hold)
+                self.book(me, plan, headers, hold_body)
         k.done += 1
         gevent.sleep(PARK_S)
 
-    def book(self, me: int, plan: dict[str, Any], headers: dict[str, str], body: bytes) -> None:
+    def book(
+        self, me: int, plan: dict[str, Any], headers: dict[str, str], hold_body: bytes
+    ) -> None:
         status, hold = call(
             self,
             "hold",
@@ -61,7 +63,7 @@ class BurstUser(ApiUser):
             "/v1/holds",
             user_index=me,
             phase="book",
-            data=body,
+            data=hold_body,
             headers=headers,
         )
         if status != 201:

@@ -87,7 +87,7 @@ def test_sustained_traffic_with_a_flash_crowd_is_answered_and_verified(
     argv = [SLOTWISE, "loadtest", "sustained", "--json", "--duration", "20", "--base-users", "3"]
     argv += ["--url", api.base_url, "--data", str(tmp_path)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
 
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["bench"] == "sustained"
