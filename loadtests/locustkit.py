@@ -116,8 +116,8 @@ def settle_heap() -> None:
 
 
 _kit: Kit | None = None
-# Answers whose body is a booking the verifier must find: created (201) or cancelled (200).
-_BOOKING_ANSWERS = frozenset({("confirm", 201), ("book", 201), ("cancel", 200)})
+# Answers whose body is a booking the verifier must find (created).
+_BOOKING_ANSWERS = frozenset({("confirm", 201), ("book", 201)})
 
 
 def kit() -> Kit:
@@ -187,30 +187,60 @@ def call(
     *,
     user_index: int,
     phase: str,
+    booking_id: str | None = None,
     **kwargs: Any,
 ) -> tuple[int, dict[str, Any]]:
     """One request, recorded as a row; returns (status, JSON body). Status 0: no answer.
 
+    `booking_id`: the booking the request acts on (a cancellation), recorded whatever the
+    answer; else the row carries the booking a 201 created. A request
+    its user is stopped in (Locust kills users still busy at the stop timeout) is recorded
+    unanswered before the stop goes on: the server may have acted on it.
     Expected refusals (409 and other 4xx) are not Locust failures: the verifier judges them."""
     sent = time.time()
     started = time.perf_counter()
     body: dict[str, Any] = {}
-    with user.client.request(method, path, name=name, catch_response=True, **kwargs) as resp:
-        latency_ms = (time.perf_counter() - started) * 1000
-        status = int(resp.status_code or 0)
-        # Set only when the client raised (no answer): every status is an answer to ApiUser.
-        error = getattr(resp, "error", None)
-        if resp.content:
-            try:  # from the bytes: `resp.json()` guesses a charset for problem+json, slowly
-                parsed = json.loads(resp.content)
-                body = parsed if isinstance(parsed, dict) else {"items": parsed}
-            except ValueError:
-                body = {}
-        if status == 0 or status >= 500:
-            resp.failure(f"{status}: {error or body.get('detail')}")
-        else:
-            resp.success()
+    status, error, latency_ms = 0, None, None
+    try:
+        with user.client.request(method, path, name=name, catch_response=True, **kwargs) as resp:
+            latency_ms = (time.perf_counter() - started) * 1000
+            status = int(resp.status_code or 0)
+            # Set only when the client raised (no answer): every status is an answer to ApiUser.
+            error = getattr(resp, "error", None)
+            if resp.content:
+                try:  # from the bytes: `resp.json()` guesses a charset for problem+json, slowly
+                    parsed = json.loads(resp.content)
+                    body = parsed if isinstance(parsed, dict) else {"items": parsed}
+                except ValueError:
+                    body = {}
+            if status == 0 or status >= 500:
+                resp.failure(f"{status}: {error or body.get('detail')}")
+            else:
+                resp.success()
+    except BaseException as stopped:  # GreenletExit: the user was killed waiting for this answer
+        status, body, error = 0, {}, stopped
+        raise
+    finally:
+        if latency_ms is None:
+            latency_ms = (time.perf_counter() - started) * 1000
+        _record(user_index, phase, name, status, sent, latency_ms, body, error, booking_id)
+    return status, body
+
+
+def _record(
+    user_index: int,
+    phase: str,
+    name: str,
+    status: int,
+    sent: float,
+    latency_ms: float,
+    body: dict[str, Any],
+    error: BaseException | None,
+    booking_id: str | None,
+) -> None:
     why = body.get("why") if status >= 400 else None
+    if booking_id is None and (name, status) in _BOOKING_ANSWERS:
+        booking_id = body.get("id")
     kit().record(
         {
             "user": user_index,
@@ -219,11 +249,10 @@ def call(
             "status": status,
             "at": round(sent, 6),
             "latency_ms": round(latency_ms, 3),
-            "booking_id": body.get("id") if (name, status) in _BOOKING_ANSWERS else None,
+            "booking_id": booking_id,
             "layer": why.get("layer") if isinstance(why, dict) else None,
             "reason": why.get("reason") if isinstance(why, dict) else None,
             "problem": body.get("type", "").rsplit("/", 1)[-1] if status >= 400 else None,
             "error": repr(error)[:300] if status == 0 else None,
         }
     )
-    return status, body

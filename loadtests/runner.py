@@ -257,8 +257,13 @@ def run_locust(
         with path.open() as handle:
             rows += [json.loads(line) for line in handle if line.endswith("\n")]
     log_text = "\n".join(p.read_text() for p in sorted(run_dir.glob("locust-*.log")))
-    if any(code != 0 for code in codes):  # say why users went missing; the verifier counts them
-        sys.stderr.write(f"Locust exit codes {codes}; its output ends:\n{log_text[-4000:]}\n")
+    unanswered = sum(1 for row in rows if row["status"] == 0)
+    if unanswered or any(code != 0 for code in codes):
+        # Say why users went missing or requests unanswered; the verifier counts them.
+        sys.stderr.write(
+            f"Locust exit codes {codes}, {unanswered} requests unanswered; its output ends:\n"
+            f"{log_text[-4000:]}\n"
+        )
     return LocustRun(rows, releases, codes, log_text)
 
 

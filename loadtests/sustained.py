@@ -134,4 +134,5 @@ class Customer(ApiUser):
             "POST",
             f"/v1/bookings/{booking_id}/cancel",
             headers={**self.headers, "Idempotency-Key": f"cancel-{booking_id}"},
+            booking_id=booking_id,
         )

@@ -1,7 +1,7 @@
 """After every load-test run: what the clients saw, checked against what PostgreSQL holds.
 
 - lost acks: every booking a client got a 201 for is a row in `bookings` (and still confirmed,
-  unless that client cancelled it);
+  unless that client asked to cancel it);
 - double bookings: no two active bookings overlap on any resource, over the whole database;
 - hot slots: each hot (resource, start) has at most one active booking;
 - answered: every attempt got an HTTP answer (status 0 means none came).
@@ -31,7 +31,7 @@ SELECT count(*) FROM booking_resources a JOIN booking_resources b
  WHERE a.active AND b.active
 """
 # Acknowledged ids with no booking row, or whose booking is no longer confirmed although its
-# client never cancelled it.
+# client never asked to cancel it.
 LOST_ACKS_SQL = """
 SELECT count(*) FROM unnest(%(acked)s::uuid[]) AS seen(id)
  WHERE NOT EXISTS (
@@ -72,7 +72,7 @@ def check_database(
     hot: Sequence[tuple[str, str]] = (),
 ) -> Checks:
     """Run the SQL checks. `acked`: booking ids clients got a 201 for; `cancelled`: ids clients
-    cancelled (200); `hot`: (resource id, start ISO) of the hot slots."""
+    asked to cancel, whatever the answer; `hot`: (resource id, start ISO) of the hot slots."""
     acked, cancelled = sorted(set(acked)), sorted(set(cancelled))
     with psycopg.connect(admin_url) as conn:
 

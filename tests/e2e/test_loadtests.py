@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -129,10 +130,18 @@ def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> Non
     planted = verifier.check_database(
         infra.admin_url, scenario.tenant_id, [booked[0], str(uuid.uuid4())]
     )
+    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+        r = client.post(f"/v1/bookings/{booked[0]}/cancel", headers=headers)
+        assert r.status_code == 200, r.text
+    # The client asked to cancel booked[0] (whether or not the answer reached it): not lost.
+    asked = verifier.check_database(infra.admin_url, scenario.tenant_id, booked, [booked[0]])
+    not_asked = verifier.check_database(infra.admin_url, scenario.tenant_id, booked)
 
     assert honest == verifier.Checks(0, 0, 0, 0)
     assert planted.lost_acks == 1
     assert planted.unacknowledged == 1  # booked[1]: in the database, never acknowledged
+    assert asked == verifier.Checks(0, 0, 0, 0)
+    assert not_asked.lost_acks == 1
 
 
 def test_the_verifier_sees_a_double_booking_and_a_doubled_hot_slot(scratch_db: str) -> None:
@@ -314,6 +323,55 @@ def test_kept_alive_sockets_above_fd_1024_are_reused_not_reopened() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_a_request_its_user_is_stopped_in_is_recorded_unanswered(tmp_path: Path) -> None:
+    """Locust kills a user still busy at the stop timeout. The request it was waiting on is
+    recorded with status 0 and the booking it named, for the server may have acted on it: a
+    cancellation the client never heard back about is still one the client asked for."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    locustfile = tmp_path / "stopped.py"
+    locustfile.write_text(
+        "from locust import constant, task\n"
+        "from loadtests.locustkit import ApiUser, call, install\n"
+        "install(monitor=False)\n"
+        "class Canceller(ApiUser):\n"
+        "    wait_time = constant(60)\n"
+        "    network_timeout = 120.0\n"
+        "    @task\n"
+        "    def cancel(self):\n"
+        "        call(self, 'cancel', 'POST', '/v1/bookings/b-1/cancel', user_index=0,\n"
+        "             phase='sustained', booking_id='b-1')\n"
+    )
+    try:
+        done = run_locust(
+            tmp_path / "run",
+            str(locustfile),
+            f"http://127.0.0.1:{server.server_port}",
+            {"users": 1},
+            processes=1,
+            timeout_s=60,
+            extra_args=["--run-time", "2s", "--stop-timeout", "1"],
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.exit_codes == [0], done.log[-2000:]
+    assert "Not all users finished" in done.log
+    (row,) = done.rows
+    assert (row["name"], row["status"], row["booking_id"]) == ("cancel", 0, "b-1")
+    assert "GreenletExit" in row["error"]
+    assert row["latency_ms"] >= 1000  # from the send to the kill, the 1 s of grace at least
+
+
+class _Silent(http.server.BaseHTTPRequestHandler):
+    """A server that reads each request and never answers it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(60)
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
