@@ -213,6 +213,13 @@ def test_missing_invalid_and_revoked_keys(api: Api, tenant: Tenant) -> None:
     path = f"/v1/services/{tenant.service_id}"
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         assert_problem(client.get(path), 401, "unauthorized")
+        # The key is checked first: a bad body or parameter from a stranger is still a 401.
+        assert_problem(client.post("/v1/holds", json={"start": "soon"}), 401, "unauthorized")
+        r = client.get(
+            f"{path}/availability", params={"from": "x"}, headers={"X-Request-Id": "stranger-1"}
+        )
+        assert_problem(r, 401, "unauthorized")
+        assert r.headers["x-request-id"] == "stranger-1"
         for header in ("Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-key", "Bearer sw_abc_def"):
             assert_problem(client.get(path, headers={"Authorization": header}), 401, "unauthorized")
         made = client.post(
