@@ -3,7 +3,8 @@
 Each user opens its connection (GET /healthz), then for each phase of the plan waits at that
 phase's barrier and, once every user of every Locust process has arrived, is released with all
 the others:
-- `noop`: GET /healthz again, the same burst against an endpoint that does nothing;
+- `noop` and `noop_after`, before and after the booking burst: GET /healthz again, the same
+  burst against an endpoint that does nothing;
 - `book`: POST /v1/holds for its target slot and, if held, POST /v1/bookings to confirm.
 Most users' targets are a few hot slots; the rest have a slot of their own.
 """
@@ -46,10 +47,10 @@ class BurstUser(ApiUser):
         call(self, "connect", "GET", "/healthz", user_index=me, phase="connect")
         for phase in plan["phases"]:
             k.wait(phase)
-            if phase == "noop":
-                call(self, "noop", "GET", "/healthz", user_index=me, phase=phase)
-            else:
+            if phase == "book":
                 self.book(me, plan, headers, hold_body)
+            else:  # a no-op burst
+                call(self, "noop", "GET", "/healthz", user_index=me, phase=phase)
         k.done += 1
         gevent.sleep(PARK_S)
 
