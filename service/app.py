@@ -249,9 +249,7 @@ async def create_tenant(
 
 
 @get("/v1/tenant")
-async def get_tenant(
-    request: Request[Any, Any, State],
-) -> dict[str, Any]:
+async def get_tenant(request: Request[Any, Any, State]) -> dict[str, Any]:
     """The calling key's tenant."""
     caller, request_id = identity(request)
     return await catalog(request).get_tenant(caller, request_id)
@@ -273,9 +271,7 @@ async def create_api_key(
 
 
 @get("/v1/api-keys")
-async def list_api_keys(
-    request: Request[Any, Any, State],
-) -> list[dict[str, Any]]:
+async def list_api_keys(request: Request[Any, Any, State]) -> list[dict[str, Any]]:
     """The tenant's API keys (never their secrets)."""
     caller, request_id = identity(request)
     return await catalog(request).list_keys(caller, request_id)
@@ -313,9 +309,7 @@ async def create_resource(
 
 
 @get("/v1/resources")
-async def list_resources(
-    request: Request[Any, Any, State],
-) -> list[dict[str, Any]]:
+async def list_resources(request: Request[Any, Any, State]) -> list[dict[str, Any]]:
     """The tenant's resources."""
     caller, request_id = identity(request)
     return await catalog(request).list_resources(caller, request_id)
@@ -402,9 +396,7 @@ async def create_service(
 
 
 @get("/v1/services")
-async def list_services(
-    request: Request[Any, Any, State],
-) -> list[dict[str, Any]]:
+async def list_services(request: Request[Any, Any, State]) -> list[dict[str, Any]]:
     """The tenant's services."""
     caller, request_id = identity(request)
     return await catalog(request).list_services(caller, request_id)
