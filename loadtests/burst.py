@@ -3,8 +3,7 @@
 Each user opens its connection (GET /healthz), then for each phase of the plan waits at that
 phase's barrier and, once every user of every Locust process has arrived, is released with all
 the others:
-- `noop` and `noop_after`, before and after the booking burst: GET /healthz again, the same
-  burst against an endpoint that does nothing;
+- `noop`: GET /healthz again, the same burst against an endpoint that does nothing;
 - `book`: POST /v1/holds for its target slot and, if held, POST /v1/bookings to confirm.
 Most users' targets are a few hot slots; the rest have a slot of their own.
 """
@@ -47,10 +46,10 @@ class BurstUser(ApiUser):
         call(self, "connect", "GET", "/healthz", user_index=me, phase="connect")
         for phase in plan["phases"]:
             k.wait(phase)
-            if phase == "book":
-                self.book(me, plan, headers, hold_body)
-            else:  # a no-op burst
+            if phase == "noop":
                 call(self, "noop", "GET", "/healthz", user_index=me, phase=phase)
+            else:
+                self.book(me, plan, headers, hold_body)
         k.done += 1
         gevent.sleep(PARK_S)
 

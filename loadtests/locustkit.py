@@ -99,7 +99,9 @@ class Kit:
     def _write_state(self) -> None:
         path = self.run_dir / f"state-{self.process}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"arrived": self.arrived, "users": self.users}))
+        tmp.write_text(
+            json.dumps({"arrived": self.arrived, "users": self.users})
+        )
         tmp.replace(path)  # atomic: the orchestrator never reads half a file
 
 

@@ -1,20 +1,14 @@
 """`slotwise loadtest burst`: 10,000 booking attempts released at once, verified in SQL.
 
-One Locust run, three barrier bursts over the same open connections: every user calls
-GET /healthz (the no-op burst), then holds its target slot and confirms it (`wall_s`), then
-calls GET /healthz again. Most targets are a few hot slots, so almost every attempt is a
+One Locust run, two barrier bursts over the same open connections: first every user calls
+GET /healthz (the no-op baseline, `noop_wall_s`), then every user holds its target slot and
+confirms it (`wall_s`). Most targets are a few hot slots, so almost every attempt is a
 conflict and exactly one per hot slot may win.
-
-The baseline, `noop_wall_s`, is the mean of the two no-op bursts around the booking burst: on
-a shared 2-core machine one no-op burst of ~1.5 s took anywhere from 1.1 to 2.4 s, and the
-machine's speed drifts over a run; bracketing evens out a drift, and both walls are reported
-(`noop_walls_s`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import statistics
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,8 +28,6 @@ from loadtests.runner import (
     set_up,
 )
 
-NOOP_BEFORE, NOOP_AFTER = "noop", "noop_after"  # the no-op bursts' phases (barriers)
-
 
 @dataclass(frozen=True, slots=True)
 class BurstParams:
@@ -46,7 +38,7 @@ class BurstParams:
     processes: int = 2  # Locust processes (one per core)
     workers: int = 2  # server workers, when the run starts its own server
     backlog: int = 4096
-    noop: bool = True  # also run the no-op bursts (the baseline)
+    noop: bool = True  # also run the no-op burst (the baseline)
     timeout_s: float = 600.0
     strategy: str = "holds"
 
@@ -71,7 +63,7 @@ def launch(
         hot_share=params.hot_share,
         seed=params.seed,
     )
-    phases = [NOOP_BEFORE, "book", NOOP_AFTER] if params.noop else ["book"]
+    phases = ["noop", "book"] if params.noop else ["book"]
     plan = {
         "run_id": run,
         "users": params.attempts,
@@ -109,14 +101,11 @@ def verify(admin_url: str, params: BurstParams, scenario: Scenario, done: Locust
         "wall_s": round(verifier.phase_wall(done.rows, "book", done.releases.get("book", 0)), 3),
     }
     if params.noop:
-        phases = (NOOP_BEFORE, NOOP_AFTER)
-        walls = [verifier.phase_wall(done.rows, p, done.releases.get(p, 0)) for p in phases]
-        summary["noop_wall_s"] = round(statistics.fmean(walls), 3)
-        summary["noop_walls_s"] = [round(wall, 3) for wall in walls]
-        # Answered in each no-op burst: the smaller count, so a loss in either shows.
-        summary["noop_answered"] = min(
-            sum(1 for r in done.rows if r["phase"] == p and r["status"] == 200) for p in phases
+        noop_rows = [r for r in done.rows if r["phase"] == "noop"]
+        summary["noop_wall_s"] = round(
+            verifier.phase_wall(noop_rows, "noop", done.releases.get("noop", 0)), 3
         )
+        summary["noop_answered"] = sum(1 for r in noop_rows if r["status"] == 200)
         summary["wall_ratio"] = round(summary["wall_s"] / max(summary["noop_wall_s"], 1e-9), 2)
     summary |= {
         "p50_ms": round(verifier.percentile(latencies, 0.5), 1),

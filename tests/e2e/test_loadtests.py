@@ -18,7 +18,6 @@ from typing import Any
 import duckdb
 import httpx
 import psycopg
-import pytest
 
 from loadtests import verifier
 from loadtests.cli import broken
@@ -52,9 +51,6 @@ def test_a_burst_through_locust_is_answered_and_verified(
     assert summary["hot_slot_violations"] == summary["unacknowledged"] == 0
     assert summary["confirmed"] + summary["conflicts"] == 300
     assert summary["wall_s"] > 0 and summary["noop_wall_s"] > 0
-    before, after = summary["noop_walls_s"]  # the no-op bursts around the booking burst
-    assert before > 0 and after > 0
-    assert summary["noop_wall_s"] == pytest.approx((before + after) / 2, abs=0.002)
     with duckdb.connect(str(tmp_path / "slotwise.duckdb"), read_only=True) as con:
         (run,) = con.execute("SELECT run_id FROM runs WHERE kind = 'burst'").fetchone() or ("",)
         by_name = dict(
@@ -71,8 +67,7 @@ def test_a_burst_through_locust_is_answered_and_verified(
             "SELECT count(DISTINCT (resource_ids[1], slot_start)) FROM attempts WHERE run_id = ?",
             [run],
         ).fetchone()
-    assert by_name["connect"] == by_name["hold"] == 300
-    assert by_name["noop"] == 600  # before and after the booking burst
+    assert by_name["connect"] == by_name["noop"] == by_name["hold"] == 300
     assert by_name["confirm"] >= summary["confirmed"]
     assert outcomes == {"ok": summary["confirmed"], "conflict": summary["conflicts"]}
     assert distinct_slots == (summary["confirmed"],)
