@@ -4,7 +4,7 @@ The orchestrator (`loadtests.runner`) and the Locust processes it starts talk th
 one run folder, named by `SLOTWISE_LOADTEST_DIR`:
 
 - `plan.json`: written first by the orchestrator: per-user targets and credentials;
-- `state-<i>.json`: Locust process i's users arrived at each barrier;
+- `state-<i>.json`: the barriers every user of Locust process i has arrived at;
 - `go-<barrier>.json`: the wall-clock instant a barrier opens, written once every user of every
   process has arrived (so 10,000 users across processes are released together);
 - `rows-<i>.jsonl`: one JSON line per request a user of process i made.
@@ -32,7 +32,6 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
 POLL_S = 0.005  # how often a process looks for a barrier's release
-STATE_EVERY_S = 0.05
 
 
 class Kit:
@@ -57,34 +56,31 @@ class Kit:
 
     def wait(self, barrier: str) -> None:
         """Arrive at `barrier` and block until it opens. The last of this process's users to
-        arrive first settles the heap (`settle_heap`), before the release is even announced."""
+        arrive reports it: the orchestrator announces the release once every process has.
+
+        At the first barrier, that user settles the heap first (`settle_heap`), which leaves
+        the collector off. Only there: at a later barrier the other process may still be in a
+        measured burst, which a full collection here would take CPU from. The report is
+        written once per barrier for the same reason (each write costs ~1 ms of CPU: on ext4,
+        renaming over a file flushes it)."""
         self.arrived[barrier] += 1
         if self.arrived[barrier] == self.users:
-            settle_heap()
+            if barrier == next(iter(self.barriers)):
+                settle_heap()
+            self._write_state()
         self.barriers[barrier].wait()
 
     def record(self, row: dict[str, Any]) -> None:
         self._rows.write(json.dumps(row, separators=(",", ":")) + "\n")
 
     def monitor(self, environment: Environment) -> None:
-        """Open barriers when the orchestrator says so, report arrivals, quit when done.
-
-        Arrivals are all the orchestrator reads, and they change only before a barrier opens:
-        each write of the state costs ~1 ms of CPU (on ext4, renaming over a file flushes it),
-        which a write per change of the users done would take from the measured burst."""
-        last: tuple[int, ...] = ()
-        written = 0.0
+        """Open barriers when the orchestrator says so; quit when every user is done."""
         while True:
             for name, event in self.barriers.items():
                 go = self.run_dir / f"go-{name}.json"
                 if not event.is_set() and name not in self.release_at and go.exists():
                     self.release_at[name] = float(json.loads(go.read_text())["release_at"])
                     gevent.spawn(self._open, name, event)
-            arrived = tuple(self.arrived.values())
-            now = time.monotonic()
-            if arrived != last and now - written >= STATE_EVERY_S:
-                self._write_state()
-                last, written = arrived, now
             if self.done >= self.users:
                 self._rows.close()
                 if environment.runner is not None:
@@ -99,20 +95,18 @@ class Kit:
     def _write_state(self) -> None:
         path = self.run_dir / f"state-{self.process}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"arrived": self.arrived, "users": self.users})
-        )
+        tmp.write_text(json.dumps({"arrived": self.arrived, "users": self.users}))
         tmp.replace(path)  # atomic: the orchestrator never reads half a file
 
 
 def settle_heap() -> None:
-    """Collect once, freeze what is left, and leave the collector off for the burst.
+    """Collect once, freeze what is left, and leave the collector off for the bursts.
 
     Thousands of users make a big heap of long-lived objects (greenlets, sockets, their
     frames), and every full collection walked all of it: in the 8 s after a 10,000-user
     release each Locust process spent 1.5 s of CPU in 4 full and ~700 young collections —
     CPU the server under test did not get on a 2-core machine. A burst's garbage is freed by
-    reference counting; what cycles it leaves wait for the next barrier's collection."""
+    reference counting; what cycles the bursts leave stay until the process quits."""
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -196,10 +190,10 @@ def call(
     """One request, recorded as a row; returns (status, JSON body). Status 0: no answer.
 
     `booking_id`: the booking the request acts on (a cancellation), recorded whatever the
-    answer; else the row carries the booking a 201 created. A request
-    its user is stopped in (Locust kills users still busy at the stop timeout) is recorded
-    unanswered before the stop goes on: the server may have acted on it.
-    Expected refusals (409 and other 4xx) are not Locust failures: the verifier judges them."""
+    answer; else the row carries the booking a 201 created. Locust kills a user still busy at
+    its stop timeout: the request it was waiting on is recorded unanswered before the kill goes
+    on, for the server may have acted on it. Expected refusals (409 and other 4xx) are not
+    Locust failures: the verifier judges them."""
     sent = time.time()
     started = time.perf_counter()
     body: dict[str, Any] = {}
@@ -220,8 +214,9 @@ def call(
                 resp.failure(f"{status}: {error or body.get('detail')}")
             else:
                 resp.success()
-    except BaseException as stopped:  # GreenletExit: the user was killed waiting for this answer
-        status, body, error = 0, {}, stopped
+    except BaseException as stopped:
+        if latency_ms is None:  # GreenletExit: the user was stopped waiting for the answer
+            status, body, error = 0, {}, stopped
         raise
     finally:
         if latency_ms is None:

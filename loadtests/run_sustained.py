@@ -97,10 +97,8 @@ def run(
             # leave a booking no client was told about.
             extra_args=["--run-time", f"{int(params.duration_s) + 60}s", "--stop-timeout", "30"],
         )
-        acked = _booking_ids(done.rows, "confirm")
-        # Every booking a client asked to cancel, answered or not: the server may have acted
-        # on a cancellation whose answer never came (its row then says status 0).
-        cancelled = _booking_ids(done.rows, "cancel")
+        acked = _booking_ids(done.rows, "confirm", {201})
+        cancelled = _maybe_cancelled(done.rows)
         checks = verifier.check_database(target.admin_url, scenario.tenant_id, acked, cancelled)
     by_name: dict[str, dict[str, int]] = {}
     for row in done.rows:
@@ -114,9 +112,7 @@ def run(
         "answered": sum(1 for r in done.rows if r["status"]),
         "errors": sum(1 for r in done.rows if verifier.outcome(r) == "error"),
         "confirmed": len(acked),
-        "cancelled": len(
-            {r["booking_id"] for r in done.rows if (r["name"], r["status"]) == ("cancel", 200)}
-        ),
+        "cancelled": len(set(_booking_ids(done.rows, "cancel", {200}))),
         "double_bookings": checks.double_bookings,
         "lost_acks": checks.lost_acks,
         "unacknowledged": checks.unacknowledged,
@@ -139,5 +135,18 @@ def run(
     return summary
 
 
-def _booking_ids(rows: list[dict[str, Any]], name: str) -> list[str]:
-    return [r["booking_id"] for r in rows if r["name"] == name and r["booking_id"]]
+def _booking_ids(rows: list[dict[str, Any]], name: str, statuses: set[int]) -> list[str]:
+    """The bookings the `name` requests answered with one of `statuses` were about."""
+    return [
+        r["booking_id"]
+        for r in rows
+        if r["name"] == name and r["status"] in statuses and r["booking_id"]
+    ]
+
+
+def _maybe_cancelled(rows: list[dict[str, Any]]) -> list[str]:
+    """Bookings a client asked to cancel that the server may have cancelled: answered 200,
+    or not known, with no answer (status 0: the user stopped waiting) or a 5xx. A 4xx refused
+    the cancellation: a booking cancelled all the same is a lost acknowledgement."""
+    unknown = {0} | set(range(500, 600))
+    return _booking_ids(rows, "cancel", {200} | unknown)

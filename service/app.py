@@ -91,7 +91,7 @@ class AppConfig:
             raise ValueError(f"booking_strategy must be one of {', '.join(STRATEGIES)}")
 
 
-# --- dependencies -----------------------------------------------------------------------------
+# --- the caller, and the services handlers call -----------------------------------------------
 class Authenticator:
     """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
     security-definer function; answers are cached for a second, which bounds how long a
@@ -148,6 +148,8 @@ async def authenticate(request: Request[Any, Any, State]) -> None:
     injection cost a refused hold ~8% of its CPU."""
     state = request.scope["state"]
     state["request_id"] = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:100]
+    if request.method == "OPTIONS":  # Litestar's own answer (the Allow header) needs no key
+        return
     authenticator: Authenticator = request.app.state.authenticator
     state["caller"] = await authenticator(request.headers.get("authorization"))
 

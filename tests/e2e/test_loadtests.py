@@ -19,7 +19,7 @@ import duckdb
 import httpx
 import psycopg
 
-from loadtests import verifier
+from loadtests import run_sustained, verifier
 from loadtests.cli import broken
 from loadtests.run_contention import ContentionParams
 from loadtests.run_contention import run as contention
@@ -264,6 +264,18 @@ def test_attempts_without_an_answer_are_counted() -> None:
         "conflicts": 2,
         "errors": 4,
     }
+
+
+def test_a_cancellation_excuses_a_cancelled_booking_unless_it_was_refused() -> None:
+    """The sustained verifier's "asked to cancel": answered 200, or unknown (no answer, a
+    5xx). A refusal (4xx) says the booking stays: cancelled anyway, it would be lost."""
+    rows = [
+        {"name": "cancel", "status": status, "booking_id": f"b{status}"}
+        for status in (200, 0, 503, 409, 404, 422)
+    ]
+    rows.append({"name": "confirm", "status": 201, "booking_id": "b-confirmed"})
+
+    assert sorted(run_sustained._maybe_cancelled(rows)) == ["b0", "b200", "b503"]
 
 
 def test_a_short_contention_study(tmp_path: Path) -> None:

@@ -220,6 +220,7 @@ def test_missing_invalid_and_revoked_keys(api: Api, tenant: Tenant) -> None:
         )
         assert_problem(r, 401, "unauthorized")
         assert r.headers["x-request-id"] == "stranger-1"
+        assert client.options(path).status_code == 204  # which methods, to anyone
         for header in ("Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-key", "Bearer sw_abc_def"):
             assert_problem(client.get(path, headers={"Authorization": header}), 401, "unauthorized")
         made = client.post(

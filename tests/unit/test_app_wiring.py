@@ -6,17 +6,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.app import AppConfig, create_app
+from litestar import Litestar
+
+from service.app import AppConfig, authenticate, create_app
 
 
-def openapi() -> dict[str, Any]:
+def app() -> Litestar:
     config = AppConfig(
         app_database_url="postgresql://unused",
         redis_url="redis://unused",
         admin_key="admin-" + "k" * 40,
         hold_secret=b"h" * 32,
     )
-    schema: dict[str, Any] = create_app(config).openapi_schema.to_schema()
+    return create_app(config)
+
+
+def openapi() -> dict[str, Any]:
+    schema: dict[str, Any] = app().openapi_schema.to_schema()
     return schema
 
 
@@ -40,7 +46,16 @@ def test_parameters_land_in_the_path_query_header_and_body_the_api_documents() -
         "booking_id": "path",
         "Idempotency-Key": "header",
     }
-    # The caller and the request id are dependencies, never parameters a client sends.
+    # The caller and the request id come from `authenticate`, never from parameters.
     for operations in paths.values():
         for operation in operations.values():
             assert not {"caller", "request_id"} & set(placed(operation)), operation
+
+
+def test_every_v1_route_and_only_those_authenticate_first() -> None:
+    """`identity` reads what `authenticate` stored: a handler registered outside
+    `API_ROUTES` would have no caller (and a /v1 route outside them no key check)."""
+    for route in app().routes:
+        for handler in route.route_handlers:
+            hook = handler.resolve_before_request()
+            assert (hook is authenticate) == route.path.startswith("/v1/"), route.path
