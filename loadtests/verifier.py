@@ -72,7 +72,8 @@ def check_database(
     hot: Sequence[tuple[str, str]] = (),
 ) -> Checks:
     """Run the SQL checks. `acked`: booking ids clients got a 201 for; `cancelled`: ids clients
-    asked to cancel, whatever the answer; `hot`: (resource id, start ISO) of the hot slots."""
+    asked to cancel and the server may have cancelled (answered 200, or the answer unknown);
+    `hot`: (resource id, start ISO) of the hot slots."""
     acked, cancelled = sorted(set(acked)), sorted(set(cancelled))
     with psycopg.connect(admin_url) as conn:
 
