@@ -378,6 +378,55 @@ def test_a_request_its_user_is_stopped_in_is_recorded_unanswered(tmp_path: Path)
     assert row["latency_ms"] >= 1000  # from the send to the kill, the 1 s of grace at least
 
 
+# Run in a child process: importing Locust monkey-patches the process that imports it.
+_STOP_WHILE_WAITING = """
+import gevent
+from gevent.pool import Group
+from locust import constant, task
+from locust.env import Environment
+from locust.user.task import LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
+from loadtests.locustkit import ApiUser
+
+class Waiting(ApiUser):
+    host = "http://127.0.0.1:9"
+    wait_time = constant(0.5)
+    tasks_done = 0
+
+    @task
+    def work(self):
+        Waiting.tasks_done += 1
+
+user = Waiting(Environment(user_classes=[Waiting]))
+user.start(Group())
+gevent.sleep(0.1)  # its first task done, it waits
+assert user._state == LOCUST_STATE_WAITING, user._state
+assert user.stop(force=False) is False and user._state == LOCUST_STATE_STOPPING
+assert not user.greenlet.dead  # not killed: it ends when its wait does
+user.greenlet.join(timeout=2)
+assert user.greenlet.dead and Waiting.tasks_done == 1, Waiting.tasks_done
+forced = Waiting(Environment(user_classes=[Waiting]))
+forced.start(Group())
+gevent.sleep(0.1)
+assert forced.stop(force=True) is True and forced.greenlet.dead
+print("ok")
+"""
+
+
+def test_a_user_stopped_while_waiting_ends_after_its_wait_not_killed() -> None:
+    """Locust kills a user it finds waiting between tasks, but the kill lands a loop
+    iteration later: a user whose wait ended meanwhile was killed ~1 ms into its next
+    request, after the server got it. A graceful stop now lets the wait end and the user
+    stop there, without starting another task; a forced stop still kills at once."""
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_WHILE_WAITING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 class _Silent(http.server.BaseHTTPRequestHandler):
     """A server that reads each request and never answers it."""
 
