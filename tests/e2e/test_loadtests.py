@@ -3,6 +3,7 @@ SQL against the real database, results in the event store's DuckDB file."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -341,9 +343,6 @@ def test_a_request_its_user_is_stopped_in_is_recorded_unanswered(tmp_path: Path)
     """Locust kills a user still busy at the stop timeout. The request it was waiting on is
     recorded with status 0 and the booking it named, for the server may have acted on it: a
     cancellation the client never heard back about is still one the client asked for."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     locustfile = tmp_path / "stopped.py"
     locustfile.write_text(
         "from locust import constant, task\n"
@@ -357,19 +356,16 @@ def test_a_request_its_user_is_stopped_in_is_recorded_unanswered(tmp_path: Path)
         "        call(self, 'cancel', 'POST', '/v1/bookings/b-1/cancel', user_index=0,\n"
         "             phase='sustained', booking_id='b-1')\n"
     )
-    try:
+    with _serving(_Silent) as base_url:
         done = run_locust(
             tmp_path / "run",
             str(locustfile),
-            f"http://127.0.0.1:{server.server_port}",
+            base_url,
             {"users": 1},
             processes=1,
             timeout_s=60,
             extra_args=["--run-time", "2s", "--stop-timeout", "1"],
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert done.exit_codes == [0], done.log[-2000:]
     assert "Not all users finished" in done.log
     (row,) = done.rows
@@ -427,6 +423,19 @@ def test_a_user_stopped_while_waiting_ends_after_its_wait_not_killed() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
+@contextlib.contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server answering with `handler`, in threads, for the test's duration."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a handler still sleeping must not hold the shutdown up
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _Silent(http.server.BaseHTTPRequestHandler):
     """A server that reads each request and never answers it."""
 
@@ -459,8 +468,6 @@ class _Unavailable(http.server.BaseHTTPRequestHandler):
 
 def test_a_burst_records_server_errors_as_answers(tmp_path: Path) -> None:
     """A 5xx is an answer: each user records it and finishes, so Locust quits on its own."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     users = 4
     plan = {
         "run_id": "errors",
@@ -471,18 +478,8 @@ def test_a_burst_records_server_errors_as_answers(tmp_path: Path) -> None:
         "service_id": str(uuid.uuid4()),
         "targets": [[str(uuid.uuid4()), "2030-01-07T09:00:00Z"]] * users,
     }
-    try:
-        done = run_locust(
-            tmp_path,
-            "burst.py",
-            f"http://127.0.0.1:{server.server_port}",
-            plan,
-            processes=1,
-            timeout_s=30,
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(_Unavailable) as base_url:
+        done = run_locust(tmp_path, "burst.py", base_url, plan, processes=1, timeout_s=30)
     assert done.exit_codes == [0], done.log[-2000:]  # None: still running at the deadline
     holds = [row for row in done.rows if row["name"] == "hold"]
     assert sorted(row["user"] for row in holds) == list(range(users))
