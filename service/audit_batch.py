@@ -18,12 +18,11 @@ batch has committed, so nothing is acknowledged before its audit row is durable.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
 from typing import Any
 
 from service.auth import Caller
-from service.db import Database, audit_event
+from service.db import Database, audit_event, to_json
 from service.errors import Unavailable
 
 
@@ -90,11 +89,11 @@ class BatchedAudit:
     async def _insert(self, tenant_id: str, events: list[dict[str, Any]]) -> int:
         """Insert one tenant's events in one statement, `append_audit` (migration 0009), which
         sets the tenant, commits by itself, and returns the catalog version (-1: no tenant).
-        The batch travels as one JSON document: one json.dumps, far cheaper than arrays."""
+        The batch travels as one JSON document (`to_json`), far cheaper than arrays."""
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 "SELECT append_audit(%s, %s) AS version",
-                (tenant_id, json.dumps(events, default=str)),
+                (tenant_id, to_json(events)),
             )
             row = await cur.fetchone()
         return -1 if row is None or row["version"] is None else int(row["version"])

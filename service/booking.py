@@ -66,6 +66,7 @@ from service.db import (
     claim,
     remember,
     stored_answer,
+    to_json,
 )
 from service.errors import (
     CapacityExceeded,
@@ -125,7 +126,9 @@ class _StalePlan(Exception):
 
 
 def iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """An instant as the API writes one: UTC, 'Z', microseconds only when there are some —
+    msgspec's form (Litestar's too), and far quicker than isoformat's."""
+    return to_json(instant.astimezone(UTC))[1:-1]
 
 
 def describe(verdict: Verdict) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
@@ -28,6 +29,16 @@ from service.auth import Caller
 from service.errors import IdempotencyInFlight, IdempotencyMismatch, Unavailable
 
 Conn = AsyncConnection[DictRow]
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def to_json(value: Any) -> str:
+    """``value`` as JSON text for a jsonb parameter. msgspec writes datetimes (RFC 3339, 'Z'
+    for UTC), dates and UUIDs itself: json.dumps with ``default=str`` called back into Python
+    for each, which made a confirmation's window document 20 times dearer to encode."""
+    return _ENCODER.encode(value).decode()
+
 
 # Far above any transaction of ours: a Valkey call inside one waits at most 0.25 s, and in a
 # 10,000-request burst lock waits and a busy event loop stretch one to a few seconds at most.
@@ -221,7 +232,7 @@ async def remember(
     conn: Conn, tenant_id: str, idem: Idempotency | None, status: int, body: Any
 ) -> None:
     if idem is not None:
-        await conn.execute(_REMEMBER, (status, json.dumps(body, default=str), tenant_id, idem.key))
+        await conn.execute(_REMEMBER, (status, to_json(body), tenant_id, idem.key))
 
 
 async def audit(
@@ -261,7 +272,7 @@ async def acknowledge(
         f"WITH remembered AS ({_REMEMBER}) {_AUDIT}",
         (
             status,
-            json.dumps(body, default=str),
+            to_json(body),
             caller.tenant,
             idem.key,
             *_audit_row(caller, action, entity, entity_id, request_id, detail, None),
@@ -313,5 +324,5 @@ def _audit_row(
         entity,
         entity_id,
         request_id,
-        json.dumps(detail or {}, default=str),
+        to_json(detail or {}),
     )

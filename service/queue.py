@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -30,7 +29,7 @@ from engine.slots import NoQualifiedResource, Offered, explain, grid
 from service import repository as repo
 from service.auth import Caller
 from service.booking import BookingService, claims_over, iso
-from service.db import Conn, Idempotency, acknowledge, audit, claim
+from service.db import Conn, Idempotency, acknowledge, audit, claim, to_json
 from service.errors import InvalidInput, NotFound, RuleViolation, ServiceError
 from service.holds import HoldStoreDown
 
@@ -358,7 +357,7 @@ class QueueService:
                 await cur.executemany(
                     "UPDATE queue_entries SET last_reason = %s"
                     " WHERE id = %s AND status = 'waiting'",
-                    [(json.dumps(r), eid) for eid, r in reasons.items()],
+                    [(to_json(r), eid) for eid, r in reasons.items()],
                 )
                 await audit(
                     conn,

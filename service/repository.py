@@ -8,7 +8,6 @@ other statement runs it outside any transaction (`BookingService._read_current`)
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -22,7 +21,7 @@ from engine.calendar import ResourceCalendar
 from engine.intervals import Interval
 from engine.model import Busy, BusyKind, Requirement, Resource, ResourceKind, Rules, Service
 from engine.recurrence import Series
-from service.db import Conn
+from service.db import Conn, to_json
 from service.errors import NotFound, ServiceError
 
 T = TypeVar("T")
@@ -106,7 +105,7 @@ async def insert_tenant(
     cur = await conn.execute(
         "INSERT INTO tenants (id, name, zone, rules) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (id) DO NOTHING RETURNING 1",
-        (tenant_id, name, zone, json.dumps(rules)),
+        (tenant_id, name, zone, to_json(rules)),
     )
     return await cur.fetchone() is not None
 
@@ -260,8 +259,8 @@ async def insert_service(conn: Conn, tenant_id: str, sid: str, body: dict[str, A
             body["buffer_before_minutes"],
             body["buffer_after_minutes"],
             body["step_minutes"],
-            json.dumps(body["requirements"]),
-            json.dumps(body["rules"]),
+            to_json(body["requirements"]),
+            to_json(body["rules"]),
         ),
     )
 
@@ -634,17 +633,17 @@ async def insert_bookings(conn: Conn, tenant_id: str, bookings: Sequence[NewBook
 
 def _booking_documents(bookings: Sequence[NewBooking]) -> tuple[str, str]:
     """``bookings`` and their resource rows as the two JSON documents `insert_bookings` takes:
-    one json.dumps each, cheaper than binding a parameter per column per row."""
+    one `to_json` each, cheaper than binding a parameter per column per row."""
     rows = [
         {
             "id": b.id,
             "service_id": b.service_id,
-            "starts_at": b.start.isoformat(),
-            "ends_at": b.end.isoformat(),
+            "starts_at": b.start,
+            "ends_at": b.end,
             "customer": b.customer,
             "created_by": b.created_by,
             "series_id": b.series_id,
-            "recurrence_id": b.recurrence_id.isoformat() if b.recurrence_id else None,
+            "recurrence_id": b.recurrence_id,
             "rescheduled_from": b.rescheduled_from,
             "hold_nonce": b.hold_nonce,
         }
@@ -656,15 +655,15 @@ def _booking_documents(bookings: Sequence[NewBooking]) -> tuple[str, str]:
             "resource_id": rid,
             "requirement_index": index,
             "service_id": b.service_id,
-            "lo": fp.start.isoformat(),
-            "hi": fp.end.isoformat(),
-            "local_day": day.isoformat(),
+            "lo": fp.start,
+            "hi": fp.end,
+            "local_day": day,
             "minutes": b.minutes,
         }
         for b in bookings
         for index, rid, fp, day in b.resources
     ]
-    return json.dumps(rows), json.dumps(links)
+    return to_json(rows), to_json(links)
 
 
 async def book_window(
@@ -693,12 +692,12 @@ async def book_window(
         (
             *_window_args(catalog, resources, window, (), False),
             lock_keys(resources),
-            json.dumps(seen_objects, default=str),
+            to_json(seen_objects),
             key,
             request_hash,
             *_booking_documents([booking]),
-            json.dumps(answer, default=str),
-            json.dumps(event, default=str),
+            to_json(answer),
+            to_json(event),
         ),
     )
     return await cur.fetchone()
