@@ -232,7 +232,7 @@ def call(
                 resp.success()
     except BaseException as stopped:
         if latency_ms is None:  # GreenletExit: the user was stopped waiting for the answer
-            status, body, error = 0, {}, stopped
+            error = stopped  # status stays 0 and the body empty: no answer came
         raise
     finally:
         if latency_ms is None:
