@@ -19,6 +19,7 @@ rules are checked without a lock, so concurrent bookings can exceed a daily capa
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
@@ -503,7 +504,7 @@ class BookingService:
         record = catalog.services.get(service_id)
         if record is None:
             return None
-        assignment = fixed_assignment(record.service, catalog, pins)
+        assignment = fixed_assignment_of(catalog, service_id, record.service, pins)
         if assignment is None:
             return None
         claims = claims_over(record.service.footprint(start), (rid for _, rid in assignment))
@@ -1031,7 +1032,7 @@ class BookingService:
                 # ORDER BY: rows are locked in the order they are returned, one global order.
                 await conn.execute(
                     "SELECT id FROM resources WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
-                    (sorted(set(resource_ids)),),
+                    (repo.pg_array(sorted(set(resource_ids))),),
                 )
             case "constraint":
                 pass
@@ -1210,7 +1211,7 @@ class BookingService:
                 "SELECT resource_id::text AS rid, local_day, count(*) AS n, sum(minutes) AS m"
                 " FROM booking_resources WHERE active AND resource_id = ANY(%s::uuid[])"
                 " AND local_day BETWEEN %s AND %s GROUP BY 1, 2",
-                ([r.id for r in chosen], first, last),
+                (repo.pg_array(r.id for r in chosen), first, last),
             )
             loads = {(row["rid"], row["local_day"]): row for row in await cur.fetchall()}
             await audit(conn, caller, "capacity.read", "resource", None, request_id)
@@ -1446,16 +1447,36 @@ def _violations_as_conflicts() -> Iterator[None]:
         ) from exc
 
 
+@functools.lru_cache(maxsize=1024)
+def _iso_ms(ms: int) -> str:
+    """`iso` of an instant in epoch milliseconds: a hot slot's refusals all name one clash."""
+    return iso(datetime.fromtimestamp(ms / 1000, UTC))
+
+
 def held_by_another(clash: HoldConflict) -> SlotConflict:
     return SlotConflict(
         "another caller holds this slot",
         why={
             "reason": "held",
             "resource_id": clash.resource_id,
-            "start": iso(datetime.fromtimestamp(clash.start_ms / 1000, UTC)),
-            "end": iso(datetime.fromtimestamp(clash.end_ms / 1000, UTC)),
+            "start": _iso_ms(clash.start_ms),
+            "end": _iso_ms(clash.end_ms),
         },
     )
+
+
+def fixed_assignment_of(
+    catalog: repo.Catalog, service_id: str, service: Service, pins: Sequence[str]
+) -> Assignment | None:
+    """`fixed_assignment`, remembered by the catalog (the answer depends on nothing else): a
+    rush of refused holds asks it thousands of times for the same service and pins."""
+    key, known = (service_id, tuple(pins)), catalog.fixed_assignments
+    if key not in known:
+        if len(known) >= 4096:  # the pins are the client's: bound what they can fill
+            known.clear()
+        known[key] = fixed_assignment(service, catalog, pins)
+    assignment: Assignment | None = known[key]
+    return assignment
 
 
 def fixed_assignment(

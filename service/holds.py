@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from service.db import to_json
 from service.errors import Forbidden, HoldExpired, InvalidInput
 from service.valkey import Script, Valkey, ValkeyError
 
@@ -264,18 +265,18 @@ class HoldTokens:
         self._secret = secret
 
     def issue(self, hold: Hold) -> str:
-        body = json.dumps(
+        # `to_json` writes what json.dumps(separators=(",", ":")) did, for these ASCII values.
+        body = to_json(
             {
                 "t": hold.tenant_id,
                 "o": hold.owner,
                 "n": hold.nonce,
                 "s": hold.service_id,
                 "at": hold.start.isoformat(),
-                "r": [list(r) for r in hold.resources],
+                "r": hold.resources,
                 "x": hold.expires_at.isoformat(),
                 "d": hold.degraded,
-            },
-            separators=(",", ":"),
+            }
         ).encode()
         payload = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
         return f"h1.{payload}.{self._sign(payload)}"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from engine.model import Requirement, Resource, ResourceKind, Service
 from service import repository as repo
-from service.booking import candidates
+from service.booking import candidates, fixed_assignment, fixed_assignment_of
 from service.errors import InvalidInput
 
 SKILLS = ("cut", "colour")
@@ -102,3 +102,36 @@ def test_a_pin_the_service_cannot_use_is_refused_naming_what_it_lacks() -> None:
     with pytest.raises(InvalidInput) as refused:
         candidates(catalog, CUT_IN_A_ROOM, ["staff-1", "novice"])
     assert refused.value.extra["missing_skills"] == {"novice": ["cut"]}
+
+
+@given(
+    resources=st.lists(st.tuples(kinds, skill_sets), min_size=1, max_size=8),
+    requirements=st.lists(st.tuples(kinds, skill_sets), min_size=1, max_size=3),
+    asked=st.lists(st.lists(st.integers(min_value=0, max_value=9), max_size=3), max_size=12),
+)
+def test_a_remembered_fixed_assignment_is_the_one_worked_out_afresh(
+    resources: list[tuple[ResourceKind, frozenset[str]]],
+    requirements: list[tuple[ResourceKind, frozenset[str]]],
+    asked: list[list[int]],
+) -> None:
+    """`fixed_assignment_of` answers repeats from the catalog: pins asked in any order and
+    again (some naming no resource at all) get what `fixed_assignment` works out for them."""
+    catalog = catalog_of(
+        [Resource(f"r{i}", kind, "UTC", skills) for i, (kind, skills) in enumerate(resources)]
+    )
+    service = service_of(*(Requirement(kind, skills) for kind, skills in requirements))
+    for numbers in asked + asked:
+        pins = [f"r{n}" for n in numbers]
+        assert fixed_assignment_of(catalog, "s", service, pins) == fixed_assignment(
+            service, catalog, pins
+        )
+
+
+def test_what_the_catalog_remembers_is_bounded() -> None:
+    """The pins are the client's: however many different ones come, the memory stays bounded."""
+    catalog = catalog_of(STAFF[:5])
+    service = service_of(Requirement(ResourceKind.STAFF, frozenset({"cut"})))
+    for i in range(10_000):
+        fixed_assignment_of(catalog, "s", service, [f"unknown-{i}"])
+    assert 0 < len(catalog.fixed_assignments) <= 4096
+    assert fixed_assignment_of(catalog, "s", service, ["staff-1"]) == ((0, "staff-1"),)
