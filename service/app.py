@@ -35,6 +35,7 @@ from litestar.params import (
     Parameter,
     QueryParameter,
 )
+from litestar.routes import HTTPRoute
 from litestar.serialization import default_serializer
 from litestar.types import HTTPResponseStartEvent, Message, Receive, Scope, Send
 
@@ -77,12 +78,13 @@ _ANSWER_ENCODER = msgspec.json.Encoder(enc_hook=default_serializer)
 
 
 class Answer(Response[Any]):
-    """A JSON answer the service builds itself (a status of its own choosing, a problem): the
-    bytes, status and headers Litestar's `Response` sends, rendered once. Litestar's builds a
-    header object twice over and resolves its serializer again on the way to ASGI: ~80k
-    instructions of a refused hold's ~750k (callgrind). For statuses that carry a body. What
-    a route could add on the way (headers, cookies, background tasks: this app sets none) is
-    refused, not dropped."""
+    """A JSON object the service answers with itself (a status of its own choosing, a problem):
+    the bytes, status and headers Litestar's `Response` sends, rendered once. Litestar's builds
+    a header object twice over and resolves its serializer again on the way to ASGI: ~80k
+    instructions of a refused hold's ~750k (callgrind). It sends only what it was given:
+    `answers_fit` refuses, when the app is built, a route that would add to it."""
+
+    __slots__ = ("_body", "_headers", "_status")
 
     def __init__(
         self,
@@ -92,43 +94,58 @@ class Answer(Response[Any]):
         media_type: str = "application/json",
         headers: dict[str, str] | None = None,
     ) -> None:
+        if status_code < 200 or status_code in (204, 304):
+            raise ValueError(f"an Answer carries a body, which a {status_code} must not")
         # Not Response.__init__: it builds the header object this class exists to avoid.
-        self.status_code = status_code
+        self.status_code = self._status = status_code
+        # With Litestar's serializer hook, as its `Response` would encode the content.
         self._body = _ANSWER_ENCODER.encode(content)
-        self._start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                *(
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in (headers or {}).items()
-                ),
-                (b"content-type", media_type.encode()),
-                (b"content-length", str(len(self._body)).encode()),
-            ],
-        }
+        self._headers = [
+            *(
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in (headers or {}).items()
+            ),
+            (b"content-type", media_type.encode()),
+            (b"content-length", str(len(self._body)).encode()),
+        ]
 
     def to_asgi_response(  # type: ignore[override]  # the answer is its own ASGI app
-        self,
-        app: Any,
-        request: Any,
-        *,
-        background: Any = None,
-        cookies: Any = None,
-        encoded_headers: Any = None,
-        headers: Any = None,
-        is_head_response: bool = False,
-        # The route's status and media type (the answer's own take precedence) and its type
-        # encoders (Litestar's for Pydantic types, which no answer of the service holds).
-        **_: Any,
+        self, app: Any, request: Any, **_: Any
     ) -> Answer:
-        if background or cookies or encoded_headers or headers or is_head_response:
-            raise ImproperlyConfiguredException("an Answer takes nothing from its route")
+        # What a route would add is empty (`answers_fit`); its status and media type yield to
+        # the answer's own, as with `Response`; its type encoders are Litestar's for Pydantic
+        # types, which no answer of the service holds.
         return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(self._start)
+        # A new start message each time: `before_send` hooks rewrite its headers.
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": self._status,
+            "headers": self._headers,
+        }
+        await send(start)
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
+
+
+def answers_fit(app: Litestar) -> Litestar:
+    """``app``, once it is checked that no route adds to what it answers (headers, cookies, a
+    background task, an after-request hook) or answers HEAD: `Answer` would not send it."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if (
+                handler.resolve_response_headers()
+                or handler.resolve_response_cookies()
+                or handler.background is not None
+                or any(layer.after_request for layer in handler.ownership_layers)
+                or "HEAD" in handler.http_methods
+            ):
+                raise ImproperlyConfiguredException(
+                    f"{handler.handler_name} adds to its answers, which an Answer would not send"
+                )
+    return app
 
 
 def utc_now() -> datetime:
@@ -852,7 +869,14 @@ async def auto_assign_queue(
 
 
 # --- errors: the one place they become HTTP -------------------------------------------------
-def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response[Any]:
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[Any]:
     body = {
         "type": PROBLEM_BASE + slug,
         "title": title,
@@ -860,7 +884,7 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
         "detail": detail,
         **extra,
     }
-    return Answer(body, status_code=status, media_type=PROBLEM)
+    return Answer(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def on_service_error(_: Request[Any, Any, State], exc: ServiceError) -> Response[Any]:
@@ -878,9 +902,9 @@ def on_http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[A
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return problem(
-        exc.status_code, slugs.get(exc.status_code, "http-error"), detail, detail, **extra
-    )
+    # The exception's headers too: a 405 names the methods the path allows (`Allow`).
+    slug = slugs.get(exc.status_code, "http-error")
+    return problem(exc.status_code, slug, detail, detail, exc.headers, **extra)
 
 
 def on_unexpected(_: Request[Any, Any, State], exc: Exception) -> Response[Any]:
@@ -973,7 +997,7 @@ def create_app(config: AppConfig) -> Litestar:
             await audit_db.close()
             await db.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             openapi_json,
@@ -994,6 +1018,7 @@ def create_app(config: AppConfig) -> Litestar:
         request_max_body_size=MAX_BODY,
         debug=False,
     )
+    return answers_fit(app)
 
 
 def app_from_env() -> Litestar:

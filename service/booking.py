@@ -504,7 +504,7 @@ class BookingService:
         record = catalog.services.get(service_id)
         if record is None:
             return None
-        assignment = fixed_assignment_of(catalog, service_id, record.service, pins)
+        assignment = fixed_assignment_of(catalog, service_id, pins)
         if assignment is None:
             return None
         claims = claims_over(record.service.footprint(start), (rid for _, rid in assignment))
@@ -1466,16 +1466,21 @@ def held_by_another(clash: HoldConflict) -> SlotConflict:
 
 
 def fixed_assignment_of(
-    catalog: repo.Catalog, service_id: str, service: Service, pins: Sequence[str]
+    catalog: repo.Catalog, service_id: str, pins: Sequence[str]
 ) -> Assignment | None:
-    """`fixed_assignment`, remembered by the catalog (the answer depends on nothing else): a
-    rush of refused holds asks it thousands of times for the same service and pins."""
+    """`fixed_assignment` for a service of ``catalog``, remembered by the catalog (the answer
+    depends on nothing else): a rush of refused holds asks it thousands of times for the same
+    service and pins. Only pins that all name resources are remembered, so what a client sends
+    cannot crowd them out."""
     key, known = (service_id, tuple(pins)), catalog.fixed_assignments
-    if key not in known:
-        if len(known) >= 4096:  # the pins are the client's: bound what they can fill
+    if key in known:
+        remembered: Assignment | None = known[key]
+        return remembered
+    assignment = fixed_assignment(catalog.services[service_id].service, catalog, pins)
+    if all(rid in catalog.resources for rid in pins):
+        if len(known) >= 4096:  # a tenant's pin combinations: bounded all the same
             known.clear()
-        known[key] = fixed_assignment(service, catalog, pins)
-    assignment: Assignment | None = known[key]
+        known[key] = assignment
     return assignment
 
 

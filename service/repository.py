@@ -327,7 +327,7 @@ class Catalog:
     # (service id, pins) -> `booking.fixed_assignment`'s answer, which depends on nothing but
     # this catalog: filled and bounded by `booking.fixed_assignment_of`.
     fixed_assignments: dict[tuple[str, tuple[str, ...]], Any] = field(
-        default_factory=dict, compare=False, repr=False
+        default_factory=dict, init=False, compare=False, repr=False
     )
 
     def service(self, sid: str) -> ServiceRecord:
@@ -531,12 +531,12 @@ def rows_about(rows: Iterable[WindowRow], resource_ids: Collection[str]) -> list
 
 
 def pg_array(items: Iterable[str | int]) -> str:
-    """An array of UUIDs or integers as PostgreSQL's text form, the service's one way to pass
-    an array (to a `%s::uuid[]` or `%s::bigint[]` placeholder): psycopg's list dumper works
-    out the element type and dumps each element in Python (`calendar_window`'s and
-    `book_window`'s four arrays each cost a hold + confirmation ~0.25M instructions). It is
-    still a bound parameter, never SQL text; the check keeps out any element that would need
-    quoting in an array, or change its shape."""
+    """An array of UUIDs or integers as PostgreSQL's text form: the service's one way to pass
+    ids or lock keys (to a `%s::uuid[]` or `%s::bigint[]` placeholder; text arrays, such as
+    skills, go as lists). psycopg's list dumper works out the element type and dumps each
+    element in Python: `calendar_window`'s and `book_window`'s four arrays each cost a hold +
+    confirmation ~0.25M instructions. It is still a bound parameter, never SQL text; the check
+    keeps out any element that would need quoting in an array, or change its shape."""
     elements = [str(item) for item in items]
     if not all(map(_PLAIN_ELEMENT.fullmatch, elements)):
         raise ValueError(f"not UUIDs or integers: {elements[:5]!r}")

@@ -265,3 +265,12 @@ def test_a_key_without_the_scope_is_forbidden(
     assert_problem(admin_list, 403, "forbidden")
     assert_problem(client.post("/v1/tenants", json={"name": "x", "zone": "UTC"}), 403, "forbidden")
     assert row_counts(infra.admin_url, tenant.id) == before
+
+
+def test_a_method_the_path_does_not_take_is_refused_naming_those_it_does(
+    client: httpx.Client,
+) -> None:
+    """RFC 9110: a 405 carries `Allow`, the methods the path does take."""
+    refused = client.delete("/v1/holds")
+    assert_problem(refused, 405, "method-not-allowed")
+    assert "POST" in {m.strip() for m in refused.headers["allow"].split(",")}

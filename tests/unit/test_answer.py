@@ -1,6 +1,6 @@
 """`Answer`, the JSON answers the service builds itself (statuses it chooses, problems): the
-ASGI messages Litestar's own `Response` sends for the same content, and nothing a route could
-add on the way is silently dropped."""
+ASGI messages Litestar's own `Response` sends for the same content; and an app with a route
+that would add to them (which an Answer would not send) is refused when it is built."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from litestar import Request, Response
+from litestar import Litestar, Request, Response, get, head
 from litestar.exceptions import ImproperlyConfiguredException
 
-from service.app import PROBLEM, Answer
+from service.app import PROBLEM, Answer, answers_fit
 
 JSON_VALUES = st.recursive(
     st.none()
@@ -72,15 +72,57 @@ def test_a_problem_with_its_own_header_is_sent_as_litestar_sends_it(extra: Any) 
     assert answer_messages(problem, **kwargs) == litestar_messages(problem, **kwargs)
 
 
+@pytest.mark.parametrize("status", [101, 204, 304])
+def test_a_status_without_a_body_is_not_an_answer(status: int) -> None:
+    with pytest.raises(ValueError):
+        Answer({}, status_code=status)
+
+
+def test_a_hook_that_rewrites_the_start_message_changes_only_that_message() -> None:
+    """`add_request_id` replaces the start message's headers; the answer keeps its own."""
+    answer = Answer({"ok": True}, status_code=201)
+    starts = []
+
+    async def hooked_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], (b"x-request-id", b"r")]
+            starts.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for _ in range(2):
+        asyncio.run(answer(dict(SCOPE), receive, hooked_send))  # type: ignore[arg-type]
+    assert starts[0] == starts[1]
+    assert [name for name, _ in starts[1]["headers"]].count(b"x-request-id") == 1
+
+
+@get("/adds", response_headers={"X-Added": "1"}, sync_to_thread=False)
+def adds_a_header() -> dict[str, str]:
+    return {}
+
+
+@get("/heads", sync_to_thread=False)
+def plain() -> dict[str, str]:
+    return {}
+
+
+@head("/heads", sync_to_thread=False)
+def answers_head() -> None:
+    return None
+
+
 @pytest.mark.parametrize(
-    "addition",
+    "handlers",
     [
-        {"headers": {"X-Layered": "1"}},
-        {"cookies": ["a cookie"]},
-        {"background": lambda: None},
-        {"is_head_response": True},
+        [adds_a_header],
+        [plain, answers_head],
     ],
 )
-def test_what_a_route_would_add_is_refused_not_dropped(addition: dict[str, Any]) -> None:
+def test_an_app_with_a_route_that_adds_to_its_answers_is_refused(handlers: list[Any]) -> None:
     with pytest.raises(ImproperlyConfiguredException):
-        Answer({"ok": True}).to_asgi_response(app=None, request=Request(dict(SCOPE)), **addition)
+        answers_fit(Litestar(route_handlers=handlers))
+    # The same app without them is accepted, and so is one with an after-request hook refused.
+    answers_fit(Litestar(route_handlers=[plain]))
+    with pytest.raises(ImproperlyConfiguredException):
+        answers_fit(Litestar(route_handlers=[plain], after_request=lambda response: response))

@@ -20,8 +20,12 @@ from service.errors import InvalidInput
 SKILLS = ("cut", "colour")
 
 
-def catalog_of(resources: list[Resource]) -> repo.Catalog:
-    return repo.Catalog("tenant", 1, {}, {r.id: r for r in resources}, {})
+def catalog_of(resources: list[Resource], service: Service | None = None) -> repo.Catalog:
+    """A catalog of ``resources`` and (as "s") ``service``."""
+    services = {}
+    if service is not None:
+        services["s"] = repo.ServiceRecord("s", "S", service, repo.rules_from("UTC"), [], {}, True)
+    return repo.Catalog("tenant", 1, services, {r.id: r for r in resources}, {})
 
 
 def service_of(*requirements: Requirement) -> Service:
@@ -116,22 +120,31 @@ def test_a_remembered_fixed_assignment_is_the_one_worked_out_afresh(
 ) -> None:
     """`fixed_assignment_of` answers repeats from the catalog: pins asked in any order and
     again (some naming no resource at all) get what `fixed_assignment` works out for them."""
-    catalog = catalog_of(
-        [Resource(f"r{i}", kind, "UTC", skills) for i, (kind, skills) in enumerate(resources)]
-    )
     service = service_of(*(Requirement(kind, skills) for kind, skills in requirements))
+    catalog = catalog_of(
+        [Resource(f"r{i}", kind, "UTC", skills) for i, (kind, skills) in enumerate(resources)],
+        service,
+    )
     for numbers in asked + asked:
         pins = [f"r{n}" for n in numbers]
-        assert fixed_assignment_of(catalog, "s", service, pins) == fixed_assignment(
-            service, catalog, pins
-        )
+        assert fixed_assignment_of(catalog, "s", pins) == fixed_assignment(service, catalog, pins)
 
 
-def test_what_the_catalog_remembers_is_bounded() -> None:
-    """The pins are the client's: however many different ones come, the memory stays bounded."""
-    catalog = catalog_of(STAFF[:5])
-    service = service_of(Requirement(ResourceKind.STAFF, frozenset({"cut"})))
-    for i in range(10_000):
-        fixed_assignment_of(catalog, "s", service, [f"unknown-{i}"])
+def test_only_pins_naming_resources_are_remembered_and_not_without_bound() -> None:
+    """The pins are the client's: ones naming no resource are not remembered, and however many
+    real combinations come, the memory stays bounded."""
+    service = service_of(
+        Requirement(ResourceKind.STAFF, frozenset({"cut"})), Requirement(ResourceKind.ROOM)
+    )
+    catalog = catalog_of(STAFF[:100] + ROOMS, service)
+    for i in range(1_000):
+        assert fixed_assignment_of(catalog, "s", [f"unknown-{i}"]) is None
+    assert catalog.fixed_assignments == {}
+    for staff in STAFF[:100]:
+        for room in ROOMS:
+            fixed_assignment_of(catalog, "s", [staff.id, room.id])
     assert 0 < len(catalog.fixed_assignments) <= 4096
-    assert fixed_assignment_of(catalog, "s", service, ["staff-1"]) == ((0, "staff-1"),)
+    assert fixed_assignment_of(catalog, "s", ["staff-1", "room-2"]) == (
+        (0, "staff-1"),
+        (1, "room-2"),
+    )
