@@ -2,8 +2,9 @@
 
 One Locust run, two barrier bursts over the same open connections: first every user calls
 GET /healthz (the no-op baseline, `noop_wall_s`), then every user holds its target slot and
-confirms it (`wall_s`). Most targets are a few hot slots, so almost every attempt is a
-conflict and exactly one per hot slot may win.
+confirms it (`wall_s`). Both paths are warm when measured: the users' connect phase serves
+/healthz first, and `warm_up` the booking path. Most targets are a few hot slots, so almost
+every attempt is a conflict and exactly one per hot slot may win.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from loadtests.runner import (
     run_locust,
     served,
     set_up,
+    warm_up,
 )
 
 
@@ -63,6 +65,7 @@ def launch(
         hot_share=params.hot_share,
         seed=params.seed,
     )
+    warm_up(target)
     phases = ["noop", "book"] if params.noop else ["book"]
     plan = {
         "run_id": run,

@@ -26,7 +26,7 @@ from loadtests.cli import broken
 from loadtests.run_contention import ContentionParams
 from loadtests.run_contention import run as contention
 from loadtests.run_sustained import stages
-from loadtests.runner import Target, run_locust, set_up
+from loadtests.runner import Target, run_locust, set_up, warm_up
 from service.migrate import migrate
 from tests.integration.conftest import Api, Infra
 
@@ -108,6 +108,20 @@ def test_sustained_traffic_with_a_flash_crowd_is_answered_and_verified(
             "SELECT count(*) FROM requests WHERE run_id = ?", [run]
         ).fetchone() or (0,)
     assert stored == summary["requests"]
+
+
+def test_the_warm_up_books_its_own_slots_through_holds(api: Api, infra: Infra) -> None:
+    """Before a burst, `warm_up` holds and confirms its slots on a tenant of its own: every one
+    booked from its hold, over the connections it was given."""
+    target = Target(api.base_url, infra.admin_url, api.admin_key)
+    scenario = warm_up(target, bookings=12, connections=3)
+    with psycopg.connect(infra.admin_url) as conn:
+        rows = conn.execute(
+            "SELECT status, hold_nonce IS NOT NULL AS held, count(*) FROM bookings"
+            " WHERE tenant_id = %s GROUP BY 1, 2",
+            (scenario.tenant_id,),
+        ).fetchall()
+    assert rows == [("confirmed", True, 12)]
 
 
 def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> None:
