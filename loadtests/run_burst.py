@@ -101,6 +101,7 @@ def verify(admin_url: str, params: BurstParams, scenario: Scenario, done: Locust
         "lost_acks": checks.lost_acks,
         "hot_slot_violations": checks.hot_slot_violations,
         "unacknowledged": checks.unacknowledged,
+        **checks.violations(),
         "wall_s": round(verifier.phase_wall(done.rows, "book", done.releases.get("book", 0)), 3),
     }
     if params.noop:

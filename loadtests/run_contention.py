@@ -260,6 +260,7 @@ def _line(
         "lost_acks": summary["lost_acks"],
         "hot_slot_violations": summary["hot_slot_violations"],
         "unacknowledged": summary["unacknowledged"],
+        **({"violations": summary["violations"]} if "violations" in summary else {}),
         "contention_metric": CONTENTION_METRIC,
     }
     pessimistic = next((e for e in earlier if e["strategy"] == "pessimistic"), None)

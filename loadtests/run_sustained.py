@@ -116,6 +116,7 @@ def run(
         "double_bookings": checks.double_bookings,
         "lost_acks": checks.lost_acks,
         "unacknowledged": checks.unacknowledged,
+        **checks.violations(),
         "peak_users": plan["users"],
         "duration_s": params.duration_s,
         "p50_ms": round(verifier.percentile(latencies, 0.5), 1),

@@ -16,7 +16,7 @@ import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,44 +24,59 @@ from typing import Any
 import polars as pl
 import psycopg
 
+EXAMPLES = 10  # violations named per check (all are counted)
+
+# Each check returns its count and up to EXAMPLES of what it found, as text, so that a broken
+# invariant says which bookings broke it.
 # Pairs of active footprints overlapping on one resource: what the exclusion constraint forbids.
 OVERLAPS_SQL = """
-SELECT count(*) FROM booking_resources a JOIN booking_resources b
+SELECT count(*), (array_agg(format('%%s: %%s & %%s', a.resource_id, a.booking_id, b.booking_id)
+                            ORDER BY a.resource_id, a.booking_id, b.booking_id))[1:%(examples)s]
+  FROM booking_resources a JOIN booking_resources b
     ON a.resource_id = b.resource_id AND a.booking_id < b.booking_id AND a.during && b.during
  WHERE a.active AND b.active
 """
 # Acknowledged ids with no booking row, or whose booking is no longer confirmed although its
 # client never asked to cancel it.
 LOST_ACKS_SQL = """
-SELECT count(*) FROM unnest(%(acked)s::uuid[]) AS seen(id)
+SELECT count(*), (array_agg(seen.id::text ORDER BY seen.id))[1:%(examples)s]
+  FROM unnest(%(acked)s::uuid[]) AS seen(id)
  WHERE NOT EXISTS (
      SELECT 1 FROM bookings b
       WHERE b.id = seen.id AND (b.status = 'confirmed' OR b.id = ANY(%(cancelled)s::uuid[])))
 """
-# Hot slots with more than one active booking.
+# Hot slots with more than one active booking, each named as the run gave it.
 HOT_SLOTS_SQL = """
-SELECT count(*) FROM (
-    SELECT h.resource_id, h.start
-      FROM unnest(%(resources)s::uuid[], %(starts)s::timestamptz[]) AS h(resource_id, start)
+SELECT count(*), (array_agg(format('%%s at %%s: %%s', resource_id, start, bookings)
+                            ORDER BY resource_id, start))[1:%(examples)s]
+  FROM (
+    SELECT h.resource_id, h.start, string_agg(b.id::text, ' & ' ORDER BY b.id) AS bookings
+      FROM unnest(%(resources)s::uuid[], %(starts)s::text[]) AS h(resource_id, start)
       JOIN booking_resources br ON br.resource_id = h.resource_id AND br.active
-      JOIN bookings b ON b.id = br.booking_id AND b.starts_at = h.start
+      JOIN bookings b ON b.id = br.booking_id AND b.starts_at = h.start::timestamptz
      GROUP BY 1, 2 HAVING count(*) > 1) AS doubled
 """
 # Confirmed bookings of the tenant that no client was told about (e.g. an answer lost).
 UNACKNOWLEDGED_SQL = """
-SELECT count(*) FROM bookings
+SELECT count(*), (array_agg(id::text ORDER BY id))[1:%(examples)s] FROM bookings
  WHERE tenant_id = %(tenant)s AND status = 'confirmed' AND NOT id = ANY(%(acked)s::uuid[])
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Checks:
-    """The database's side of a run; the invariants hold when the first three are zero."""
+    """The database's side of a run; the invariants hold when the first three are zero.
+    `examples`: for each check that found something, up to `EXAMPLES` of what it found."""
 
     double_bookings: int
     lost_acks: int
     hot_slot_violations: int
     unacknowledged: int
+    examples: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def violations(self) -> dict[str, Any]:
+        """`{"violations": examples}` for a run summary if a check found anything, else {}."""
+        return {"violations": dict(self.examples)} if self.examples else {}
 
 
 def check_database(
@@ -75,21 +90,25 @@ def check_database(
     asked to cancel and the server may have cancelled (answered 200, or the answer unknown);
     `hot`: (resource id, start ISO) of the hot slots."""
     acked, cancelled = sorted(set(acked)), sorted(set(cancelled))
+    checks: dict[str, tuple[str, dict[str, Any]]] = {
+        "double_bookings": (OVERLAPS_SQL, {}),
+        "lost_acks": (LOST_ACKS_SQL, {"acked": acked, "cancelled": cancelled}),
+        "hot_slot_violations": (
+            HOT_SLOTS_SQL,
+            {"resources": [r for r, _ in hot], "starts": [s for _, s in hot]},
+        ),
+        "unacknowledged": (UNACKNOWLEDGED_SQL, {"tenant": tenant_id, "acked": acked}),
+    }
+    counts: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
     with psycopg.connect(admin_url) as conn:
-
-        def count(sql: str, params: Mapping[str, Any] | None = None) -> int:
-            row = conn.execute(sql, params).fetchone()
-            return int(row[0]) if row else -1
-
-        return Checks(
-            double_bookings=count(OVERLAPS_SQL),
-            lost_acks=count(LOST_ACKS_SQL, {"acked": acked, "cancelled": cancelled}),
-            hot_slot_violations=count(
-                HOT_SLOTS_SQL,
-                {"resources": [r for r, _ in hot], "starts": [s for _, s in hot]},
-            ),
-            unacknowledged=count(UNACKNOWLEDGED_SQL, {"tenant": tenant_id, "acked": acked}),
-        )
+        for name, (sql, params) in checks.items():
+            row = conn.execute(sql, {**params, "examples": EXAMPLES}).fetchone()
+            found, named = row if row is not None else (0, None)
+            counts[name] = int(found)
+            if found:
+                examples[name] = list(named)
+    return Checks(**counts, examples=examples)
 
 
 # --- what the clients saw --------------------------------------------------------------------

@@ -143,9 +143,8 @@ def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> Non
             booked.append(r.json()["id"])
 
     honest = verifier.check_database(infra.admin_url, scenario.tenant_id, booked)
-    planted = verifier.check_database(
-        infra.admin_url, scenario.tenant_id, [booked[0], str(uuid.uuid4())]
-    )
+    invented = str(uuid.uuid4())
+    planted = verifier.check_database(infra.admin_url, scenario.tenant_id, [booked[0], invented])
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         r = client.post(f"/v1/bookings/{booked[0]}/cancel", headers=headers)
         assert r.status_code == 200, r.text
@@ -154,10 +153,14 @@ def test_the_verifier_sees_a_lost_acknowledgement(api: Api, infra: Infra) -> Non
     not_asked = verifier.check_database(infra.admin_url, scenario.tenant_id, booked)
 
     assert honest == verifier.Checks(0, 0, 0, 0)
+    assert honest.violations() == {}
     assert planted.lost_acks == 1
     assert planted.unacknowledged == 1  # booked[1]: in the database, never acknowledged
+    # Each named: the acknowledgement the database lacks, the booking nobody was told about.
+    assert planted.examples == {"lost_acks": [invented], "unacknowledged": [booked[1]]}
     assert asked == verifier.Checks(0, 0, 0, 0)
     assert not_asked.lost_acks == 1
+    assert not_asked.examples == {"lost_acks": [booked[0]]}
 
 
 def test_the_verifier_sees_a_double_booking_and_a_doubled_hot_slot(scratch_db: str) -> None:
@@ -223,6 +226,16 @@ def test_the_verifier_sees_a_double_booking_and_a_doubled_hot_slot(scratch_db: s
     assert planted.double_bookings == 2  # staff: first and overlapping; other: first and doubled
     assert planted.hot_slot_violations == 1  # other's hot start, booked twice
     assert (planted.lost_acks, planted.unacknowledged) == (0, 0)
+    first, second = sorted([clean[1], doubled])
+    assert planted.examples == {
+        "double_bookings": sorted(
+            [
+                f"{staff}: {min(clean[0], overlapping)} & {max(clean[0], overlapping)}",
+                f"{other}: {first} & {second}",
+            ]
+        ),
+        "hot_slot_violations": [f"{other} at {start.isoformat()}: {first} & {second}"],
+    }
 
 
 def test_attempts_without_an_answer_are_counted() -> None:
