@@ -28,6 +28,9 @@ def burst_command(
     processes: int = typer.Option(2, min=1, help="Locust processes."),
     workers: int = typer.Option(2, min=1, help="Server workers (own server only)."),
     backlog: int = typer.Option(4096, min=64, help="Server listen backlog (own server only)."),
+    warm_up: int = typer.Option(
+        256, min=0, help="Bookings made first on a tenant of their own (0: the booking path cold)."
+    ),
     url: str | None = typer.Option(None, help="Load this running service instead of starting one."),
     admin_key: str | None = typer.Option(
         None, envvar="SLOTWISE_ADMIN_KEY", help="Its admin key (with --url)."
@@ -48,6 +51,7 @@ def burst_command(
         processes=processes,
         workers=workers,
         backlog=backlog,
+        warm_up=warm_up,
     )
     summary = run(
         params,

@@ -116,7 +116,7 @@ def run(
         "double_bookings": checks.double_bookings,
         "lost_acks": checks.lost_acks,
         "unacknowledged": checks.unacknowledged,
-        **checks.violations(),
+        **checks.summary_examples(),
         "peak_users": plan["users"],
         "duration_s": params.duration_s,
         "p50_ms": round(verifier.percentile(latencies, 0.5), 1),

@@ -153,19 +153,23 @@ def set_up(
     )
 
 
-def warm_up(target: Target, bookings: int = 64, connections: int = 8) -> Scenario:
-    """Hold and confirm `bookings` slots of a tenant of its own over `connections` connections,
-    before a burst's barriers; returns that tenant. The users' connect phase has the workers
-    serve /healthz before the no-op burst is measured; this does the same for the booking path.
-    Its first use on each pooled PostgreSQL connection costs that backend its catalog caches,
-    PL/pgSQL compilation and plans (~8 ms each: ~0.3 s of PostgreSQL's CPU over two workers'
-    pools), which a service that has been serving never pays in a rush. The pool hands out
-    its connections in turn, so a few bookings per connection reach all of them."""
-    scenario = set_up(target, users=bookings, hot_slots=0, hot_share=0.0, seed=0, staff=4)
+def warm_up(target: Target, bookings: int = 256, connections: int = 16) -> Scenario:
+    """Hold and confirm `bookings` slots of a tenant of its own as a burst's users do (with an
+    Idempotency-Key and a customer), `connections` at a time; returns that tenant. The users'
+    connect phase has the workers serve /healthz before the no-op burst is measured; this does
+    the same for the booking path. Its first use on a pooled PostgreSQL connection costs that
+    backend its catalog caches, PL/pgSQL compilation and plans (~8 ms: ~0.3 s of PostgreSQL's
+    CPU over two workers' pools), and a worker its own first-use costs, which a service that
+    has been serving pays rarely, never all at once. A pool hands out its connections in turn
+    and a booking takes three (the hold's read, its audit batch, the confirmation), so with
+    connections spread over the workers every backend serves the booking path, and almost
+    surely each of its statements."""
+    scenario = set_up(target, users=bookings, hot_slots=0, hot_share=0.0, seed=0, staff=8)
     headers = {"Authorization": f"Bearer {scenario.token}"}
 
-    async def book(client: httpx.AsyncClient, slots: Sequence[tuple[str, str]]) -> None:
-        for resource_id, start in slots:
+    async def book(client: httpx.AsyncClient, mine: range) -> None:
+        for i in mine:
+            resource_id, start = scenario.targets[i]
             body = {
                 "service_id": scenario.service_id,
                 "start": start,
@@ -174,15 +178,18 @@ def warm_up(target: Target, bookings: int = 64, connections: int = 8) -> Scenari
             hold = await client.post("/v1/holds", json=body, headers=headers)
             hold.raise_for_status()
             booked = await client.post(
-                "/v1/bookings", json={"hold_id": hold.json()["id"]}, headers=headers
+                "/v1/bookings",
+                json={"hold_id": hold.json()["id"], "customer": f"warm-up-{i}"},
+                headers={**headers, "Idempotency-Key": f"{scenario.tenant_id}-{i}"},
             )
             booked.raise_for_status()
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=connections)
         async with httpx.AsyncClient(base_url=target.base_url, timeout=60, limits=limits) as client:
-            slots = scenario.targets
-            await asyncio.gather(*(book(client, slots[i::connections]) for i in range(connections)))
+            await asyncio.gather(
+                *(book(client, range(i, bookings, connections)) for i in range(connections))
+            )
 
     asyncio.run(main())
     return scenario

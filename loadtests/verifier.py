@@ -26,57 +26,70 @@ import psycopg
 
 EXAMPLES = 10  # violations named per check (all are counted)
 
-# Each check returns its count and up to EXAMPLES of what it found, as text, so that a broken
-# invariant says which bookings broke it.
+# Each check returns its count and the first EXAMPLES of what it found, as text, so that a
+# broken invariant says which bookings broke it. The count and the examples read the same rows
+# twice rather than keep them (NOT MATERIALIZED): a slot booked a thousand times over makes
+# half a million pairs, which the count streams and the examples' LIMIT sorts ten at a time.
 # Pairs of active footprints overlapping on one resource: what the exclusion constraint forbids.
 OVERLAPS_SQL = """
-SELECT count(*), (array_agg(format('%%s: %%s & %%s', a.resource_id, a.booking_id, b.booking_id)
-                            ORDER BY a.resource_id, a.booking_id, b.booking_id))[1:%(examples)s]
-  FROM booking_resources a JOIN booking_resources b
-    ON a.resource_id = b.resource_id AND a.booking_id < b.booking_id AND a.during && b.during
- WHERE a.active AND b.active
+WITH pairs AS NOT MATERIALIZED (
+    SELECT a.resource_id, a.booking_id AS first, b.booking_id AS second
+      FROM booking_resources a JOIN booking_resources b
+        ON a.resource_id = b.resource_id AND a.booking_id < b.booking_id AND a.during && b.during
+     WHERE a.active AND b.active)
+SELECT (SELECT count(*) FROM pairs),
+       ARRAY(SELECT format('%%s: %%s & %%s', resource_id, first, second) FROM pairs
+              ORDER BY resource_id, first, second LIMIT %(examples)s)
 """
 # Acknowledged ids with no booking row, or whose booking is no longer confirmed although its
 # client never asked to cancel it.
 LOST_ACKS_SQL = """
-SELECT count(*), (array_agg(seen.id::text ORDER BY seen.id))[1:%(examples)s]
-  FROM unnest(%(acked)s::uuid[]) AS seen(id)
- WHERE NOT EXISTS (
-     SELECT 1 FROM bookings b
-      WHERE b.id = seen.id AND (b.status = 'confirmed' OR b.id = ANY(%(cancelled)s::uuid[])))
+WITH lost AS NOT MATERIALIZED (
+    SELECT seen.id FROM unnest(%(acked)s::uuid[]) AS seen(id)
+     WHERE NOT EXISTS (
+         SELECT 1 FROM bookings b
+          WHERE b.id = seen.id AND (b.status = 'confirmed' OR b.id = ANY(%(cancelled)s::uuid[]))))
+SELECT (SELECT count(*) FROM lost),
+       ARRAY(SELECT id::text FROM lost ORDER BY id LIMIT %(examples)s)
 """
 # Hot slots with more than one active booking, each named as the run gave it.
+# Its example names the slot, how many bookings it has and the first two of them.
 HOT_SLOTS_SQL = """
-SELECT count(*), (array_agg(format('%%s at %%s: %%s', resource_id, start, bookings)
-                            ORDER BY resource_id, start))[1:%(examples)s]
-  FROM (
-    SELECT h.resource_id, h.start, string_agg(b.id::text, ' & ' ORDER BY b.id) AS bookings
+WITH doubled AS NOT MATERIALIZED (
+    SELECT h.resource_id, h.start, count(*) AS n, (array_agg(b.id ORDER BY b.id))[1:2] AS ids
       FROM unnest(%(resources)s::uuid[], %(starts)s::text[]) AS h(resource_id, start)
       JOIN booking_resources br ON br.resource_id = h.resource_id AND br.active
       JOIN bookings b ON b.id = br.booking_id AND b.starts_at = h.start::timestamptz
-     GROUP BY 1, 2 HAVING count(*) > 1) AS doubled
+     GROUP BY 1, 2 HAVING count(*) > 1)
+SELECT (SELECT count(*) FROM doubled),
+       ARRAY(SELECT format('%%s at %%s: %%s bookings, %%s & %%s', resource_id, start, n, ids[1],
+                           ids[2])
+               FROM doubled ORDER BY resource_id, start LIMIT %(examples)s)
 """
 # Confirmed bookings of the tenant that no client was told about (e.g. an answer lost).
 UNACKNOWLEDGED_SQL = """
-SELECT count(*), (array_agg(id::text ORDER BY id))[1:%(examples)s] FROM bookings
- WHERE tenant_id = %(tenant)s AND status = 'confirmed' AND NOT id = ANY(%(acked)s::uuid[])
+WITH untold AS NOT MATERIALIZED (
+    SELECT id FROM bookings
+     WHERE tenant_id = %(tenant)s AND status = 'confirmed' AND NOT id = ANY(%(acked)s::uuid[]))
+SELECT (SELECT count(*) FROM untold),
+       ARRAY(SELECT id::text FROM untold ORDER BY id LIMIT %(examples)s)
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Checks:
     """The database's side of a run; the invariants hold when the first three are zero.
-    `examples`: for each check that found something, up to `EXAMPLES` of what it found."""
+    `examples`: for each check that found something, the first `EXAMPLES` of what it found."""
 
     double_bookings: int
     lost_acks: int
     hot_slot_violations: int
     unacknowledged: int
-    examples: Mapping[str, list[str]] = field(default_factory=dict)
+    examples: Mapping[str, list[str]] = field(default_factory=dict, hash=False)
 
-    def violations(self) -> dict[str, Any]:
-        """`{"violations": examples}` for a run summary if a check found anything, else {}."""
-        return {"violations": dict(self.examples)} if self.examples else {}
+    def summary_examples(self) -> dict[str, Any]:
+        """`{"examples": ...}` for a run's summary if a check found anything, else nothing."""
+        return {"examples": {k: list(v) for k, v in self.examples.items()}} if self.examples else {}
 
 
 def check_database(
