@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 import psycopg
 
-EXAMPLES = 10  # violations named per check (all are counted)
+EXAMPLES = 10  # finds named per check (all are counted)
 
 # Each check returns its count and the first EXAMPLES of what it found, as text, so that a
 # broken invariant says which bookings broke it. The count and the examples read the same rows
