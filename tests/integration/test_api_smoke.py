@@ -1,3 +1,5 @@
+import re
+
 import httpx
 
 from tests.integration.conftest import Api
@@ -20,7 +22,9 @@ def test_hold_confirm_and_replay(api: Api) -> None:
         again = client.post("/v1/bookings", json={"hold_id": hold.json()["id"]}, headers=headers)
         assert first.status_code == again.status_code == 201
         assert first.json()["id"] == again.json()["id"]
-        assert first.headers["x-request-id"]
+        # Ids the service gives requests that sent none: 128 bits in hex, one per request.
+        ids = [first.headers["x-request-id"], again.headers["x-request-id"]]
+        assert all(re.fullmatch("[0-9a-f]{32}", rid) for rid in ids) and ids[0] != ids[1]
         listed = client.get(
             "/v1/bookings",
             params={"from": "2026-12-07T00:00:00Z", "to": "2026-12-08T00:00:00Z"},

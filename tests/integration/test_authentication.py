@@ -1,6 +1,7 @@
 """API keys resolved in a burst: requests that find a key's cached answer missing at the same
-moment share one database lookup, and the answer still expires on time (a revoked key stops
-working within the cache's lifetime)."""
+moment share one database lookup, a key in use is looked up again before its answer expires,
+and the answer still expires on time (a revoked key stops working within the cache's
+lifetime)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,24 @@ TTL_S = 0.2
 
 
 class CountingDatabase(Database):
-    """The real database, counting the transactions the authenticator opens."""
+    """The real database, counting the transactions the authenticator opens; while `gate` is
+    set and not open, they wait for it."""
 
     transactions = 0
+    gate: asyncio.Event | None = None
 
     def transaction(self, tenant_id: str | None) -> Any:
         self.transactions += 1
-        return super().transaction(tenant_id)
+        inner, gate = super().transaction(tenant_id), self.gate
+
+        @contextlib.asynccontextmanager
+        async def gated() -> AsyncIterator[Any]:
+            if gate is not None:
+                await gate.wait()
+            async with inner as conn:
+                yield conn
+
+        return gated()
 
 
 @contextlib.asynccontextmanager
@@ -65,6 +77,41 @@ def test_a_burst_with_one_key_costs_one_lookup_per_cache_lifetime(infra: Infra, 
     lookups, tenants = asyncio.run(scenario())
     assert tenants == {tenant_id}
     assert lookups == [1, 2]
+
+
+def test_a_key_in_use_is_looked_up_again_while_its_answer_still_serves(
+    infra: Infra, api: Api
+) -> None:
+    """Past half its answer's lifetime, a key's requests are answered from the cache while one
+    lookup refreshes it, and the refreshed answer serves past the first one's expiry."""
+    header, tenant_id = new_key(api)
+    ttl = 1.0
+
+    async def scenario() -> tuple[set[str | None], list[int]]:
+        async with counting_db(infra) as db:
+            auth = Authenticator(db, "admin-key-not-used-here", ttl)
+            await auth(header)
+            lookups = [db.transactions]
+            await asyncio.sleep(ttl * 0.6)  # past half the answer's lifetime, before its expiry
+            db.gate = asyncio.Event()  # the refresh waits: no request may wait with it
+            callers = await asyncio.wait_for(
+                asyncio.gather(*(auth(header) for _ in range(500))), ttl * 0.3
+            )
+            lookups.append(db.transactions)
+            db.gate.set()
+            while auth._lookups._in_flight:  # the refresh finishes
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(ttl * 0.5)  # the first answer has expired, the refreshed not
+            db.gate = asyncio.Event()
+            callers.append(await asyncio.wait_for(auth(header), ttl * 0.3))
+            lookups.append(db.transactions)
+            return {c.tenant for c in callers}, lookups
+
+    tenants, lookups = asyncio.run(scenario())
+    assert tenants == {tenant_id}
+    # One lookup, one refresh for the burst, and one more started (not awaited) by the last
+    # request, itself past half the refreshed answer's lifetime.
+    assert lookups == [1, 2, 3]
 
 
 def test_an_unknown_key_is_refused_to_every_request_of_a_burst(infra: Infra, api: Api) -> None:
