@@ -13,7 +13,8 @@ V = TypeVar("V")
 class SingleFlight(Generic[K, V]):
     """`call(key, fetch)` runs `fetch()` unless a call for `key` is already in flight, in
     which case it waits for that one's result (or exception). In a burst, thousands of requests
-    find the same cache entry missing at once; without this each would fetch it."""
+    find the same cache entry missing at once; without this each would fetch it. `start` is
+    the same for a caller that does not wait."""
 
     def __init__(self) -> None:
         self._in_flight: dict[K, asyncio.Future[V]] = {}
