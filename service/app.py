@@ -175,42 +175,24 @@ class AppConfig:
 # --- the caller, and the services handlers call -----------------------------------------------
 class Authenticator:
     """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
-    security-definer function; answers are cached for a second from the lookup's read, which
-    bounds how long a revoked key keeps working on another worker. Requests that find a key's
-    answer missing or expired at the same moment share one lookup: a burst of thousands with
-    one key would otherwise send thousands of identical lookups, each a transaction.
+    security-definer function; answers are cached for a second, which bounds how long a
+    revoked key keeps working on another worker. Requests that find a key's answer missing or
+    expired at the same moment share one lookup: a burst of thousands with one key would
+    otherwise send thousands of identical lookups, each a transaction."""
 
-    A key in use is looked up again ahead of its answer's expiry: the first request past half
-    the answer's lifetime starts the lookup and, like those after it, is answered from the
-    cache meanwhile. Without that, every request of the key waited each second for a lookup
-    that queued for a pooled connection behind the requests in flight (in the 10,000-attempt
-    burst, thousands at a time). A refusal is not refreshed: a forged key's next request
-    after its expiry waits for one lookup, as before."""
-
-    def __init__(
-        self, db: Database, admin_key: str, ttl: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, db: Database, admin_key: str, ttl: float) -> None:
         self.db = db
         self.admin_key = admin_key
         self.ttl = ttl
-        self.clock = clock
         # By the Authorization header as sent: a repeat is answered without parsing it again.
-        # (refresh after, expiry, answer), in `clock` seconds.
-        self._cache: dict[str, tuple[float, float, Caller | None]] = {}
-        # By (generation, header): a lookup asked for before `forget` is neither joined nor
-        # cached after it, yet stays referenced here until it ends.
-        self._lookups: SingleFlight[tuple[int, str], Caller | None] = SingleFlight()
-        self._generation = 0  # bumped by `forget`
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._lookups: SingleFlight[str, Caller | None] = SingleFlight()
+        self._generation = 0  # bumped by `forget`: lookups begun before it are not cached
 
     async def __call__(self, header: str | None) -> Caller:
-        now = self.clock()
-        if header and (hit := self._cache.get(header)) and hit[1] > now:
-            refresh_after, _, caller = hit
-            if caller is not None and now >= refresh_after:
-                # Nobody waits for it: if it fails, the answer still expires on time, and the
-                # requests after that wait for a lookup of their own, which reports the failure.
-                generation = self._generation
-                self._lookups.start((generation, header), lambda: self._look_up(header, generation))
+        hit = self._cache.get(header) if header else None
+        if hit is not None and hit[0] > time.monotonic():
+            caller = hit[1]
         else:
             token = bearer(header)
             if is_admin(token, self.admin_key):
@@ -218,22 +200,21 @@ class Authenticator:
             assert header is not None, "bearer refuses a missing header"
             generation = self._generation
             caller = await self._lookups.call(
-                (generation, header), lambda: self._look_up(header, generation)
+                header, lambda: self._look_up(header, token, generation)
             )
         if caller is None:
             raise Unauthorized("unknown or revoked API key")
         return caller
 
-    async def _look_up(self, header: str, generation: int) -> Caller | None:
-        prefix, digest = parse_token(bearer(header))
+    async def _look_up(self, header: str, token: str, generation: int) -> Caller | None:
+        prefix, digest = parse_token(token)
         async with self.db.transaction(None) as conn:
-            read_at = self.clock()  # the answer's lifetime counts from here, not its arrival
             row = await repo.authenticate(conn, prefix, digest)
         caller = Caller(row["key_id"], row["tenant_id"], frozenset(row["scopes"])) if row else None
         if generation == self._generation:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[header] = (read_at + self.ttl / 2, read_at + self.ttl, caller)
+            self._cache[header] = (time.monotonic() + self.ttl, caller)
         return caller
 
     def forget(self) -> None:
@@ -241,6 +222,7 @@ class Authenticator:
         may have read a key this worker has just revoked."""
         self._generation += 1
         self._cache.clear()
+        self._lookups = SingleFlight()
 
 
 async def authenticate(request: Request[Any, Any, State]) -> None:
