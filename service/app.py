@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -153,6 +153,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+MAX_AUTH_CACHE_SECONDS = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     app_database_url: str = field(repr=False)
@@ -170,29 +173,52 @@ class AppConfig:
             raise ValueError("the admin key must be a real secret of at least 24 characters")
         if self.booking_strategy not in STRATEGIES:
             raise ValueError(f"booking_strategy must be one of {', '.join(STRATEGIES)}")
+        if not 0 < self.auth_cache_seconds <= MAX_AUTH_CACHE_SECONDS:
+            raise ValueError(
+                "SLOTWISE_AUTH_CACHE_SECONDS (how long a revoked key may keep working) must be"
+                f" over 0 and at most {MAX_AUTH_CACHE_SECONDS}"
+            )
 
 
 # --- the caller, and the services handlers call -----------------------------------------------
 class Authenticator:
     """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
-    security-definer function; answers are cached for a second, which bounds how long a
-    revoked key keeps working on another worker. Requests that find a key's answer missing or
-    expired at the same moment share one lookup: a burst of thousands with one key would
-    otherwise send thousands of identical lookups, each a transaction."""
+    security-definer function; answers are cached for a second from the lookup's read, which
+    bounds how long a revoked key keeps working on another worker. Requests that find a key's
+    answer missing or expired at the same moment share one lookup: a burst of thousands with
+    one key would otherwise send thousands of identical lookups, each a transaction.
 
-    def __init__(self, db: Database, admin_key: str, ttl: float) -> None:
+    A key in use is looked up again ahead of its answer's expiry: the first request past half
+    the answer's lifetime starts the lookup and, like those after it, is answered from the
+    cache meanwhile. Without that, every request of the key waited each second for a lookup
+    that queued for a pooled connection behind the requests in flight (in the 10,000-attempt
+    burst, thousands at a time). A refusal is not refreshed: a forged key's next request
+    after its expiry waits for one lookup, as before."""
+
+    def __init__(
+        self, db: Database, admin_key: str, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.db = db
         self.admin_key = admin_key
         self.ttl = ttl
+        self.clock = clock
         # By the Authorization header as sent: a repeat is answered without parsing it again.
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
-        self._lookups: SingleFlight[str, Caller | None] = SingleFlight()
-        self._generation = 0  # bumped by `forget`: lookups begun before it are not cached
+        # (refresh after, expiry, answer), in `clock` seconds.
+        self._cache: dict[str, tuple[float, float, Caller | None]] = {}
+        # By (generation, header): a lookup asked for before `forget` is neither joined nor
+        # cached after it, yet stays referenced here until it ends.
+        self._lookups: SingleFlight[tuple[int, str], Caller | None] = SingleFlight()
+        self._generation = 0  # bumped by `forget`
 
     async def __call__(self, header: str | None) -> Caller:
-        hit = self._cache.get(header) if header else None
-        if hit is not None and hit[0] > time.monotonic():
-            caller = hit[1]
+        now = self.clock()
+        if header and (hit := self._cache.get(header)) and hit[1] > now:
+            refresh_after, _, caller = hit
+            if caller is not None and now >= refresh_after:
+                # Nobody waits for it: if it fails, the answer still expires on time, and the
+                # requests after that wait for a lookup of their own, which reports the failure.
+                generation = self._generation
+                self._lookups.start((generation, header), lambda: self._look_up(header, generation))
         else:
             token = bearer(header)
             if is_admin(token, self.admin_key):
@@ -200,21 +226,22 @@ class Authenticator:
             assert header is not None, "bearer refuses a missing header"
             generation = self._generation
             caller = await self._lookups.call(
-                header, lambda: self._look_up(header, token, generation)
+                (generation, header), lambda: self._look_up(header, generation)
             )
         if caller is None:
             raise Unauthorized("unknown or revoked API key")
         return caller
 
-    async def _look_up(self, header: str, token: str, generation: int) -> Caller | None:
-        prefix, digest = parse_token(token)
+    async def _look_up(self, header: str, generation: int) -> Caller | None:
+        prefix, digest = parse_token(bearer(header))
         async with self.db.transaction(None) as conn:
+            read_at = self.clock()  # the answer's lifetime counts from here, not its arrival
             row = await repo.authenticate(conn, prefix, digest)
         caller = Caller(row["key_id"], row["tenant_id"], frozenset(row["scopes"])) if row else None
         if generation == self._generation:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[header] = (time.monotonic() + self.ttl, caller)
+            self._cache[header] = (read_at + self.ttl / 2, read_at + self.ttl, caller)
         return caller
 
     def forget(self) -> None:
@@ -222,7 +249,6 @@ class Authenticator:
         may have read a key this worker has just revoked."""
         self._generation += 1
         self._cache.clear()
-        self._lookups = SingleFlight()
 
 
 async def authenticate(request: Request[Any, Any, State]) -> None:
@@ -1027,20 +1053,27 @@ def create_app(config: AppConfig) -> Litestar:
 
 def app_from_env() -> Litestar:
     """The app for `slotwise serve` workers, configured from the environment it sets."""
-    env = os.environ
+    return create_app(config_from_env())
+
+
+def config_from_env(env: Mapping[str, str] = os.environ) -> AppConfig:
+    """A worker's configuration from `slotwise serve`'s variables; ValueError if any is bad."""
     pool_size = int(env["SLOTWISE_POOL_SIZE"])
-    return create_app(
-        AppConfig(
-            app_database_url=env["SLOTWISE_APP_DATABASE_URL"],
-            redis_url=env["SLOTWISE_REDIS_URL"],
-            admin_key=env["SLOTWISE_ADMIN_KEY"],
-            hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
-            # A served worker opens its whole pool at start: one that grows during a rush
-            # connects (a backend started, a SCRAM exchange) while requests wait for it.
-            pool_min=pool_size,
-            pool_max=pool_size,
-            booking_strategy=strategy_from(env.get("SLOTWISE_BOOKING_STRATEGY", "holds")),
-        )
+    try:
+        auth_cache_seconds = float(env.get("SLOTWISE_AUTH_CACHE_SECONDS", "1"))
+    except ValueError:
+        raise ValueError("SLOTWISE_AUTH_CACHE_SECONDS must be a number of seconds") from None
+    return AppConfig(
+        app_database_url=env["SLOTWISE_APP_DATABASE_URL"],
+        redis_url=env["SLOTWISE_REDIS_URL"],
+        admin_key=env["SLOTWISE_ADMIN_KEY"],
+        hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
+        # A served worker opens its whole pool at start: one that grows during a rush
+        # connects (a backend started, a SCRAM exchange) while requests wait for it.
+        pool_min=pool_size,
+        pool_max=pool_size,
+        booking_strategy=strategy_from(env.get("SLOTWISE_BOOKING_STRATEGY", "holds")),
+        auth_cache_seconds=auth_cache_seconds,
     )
 
 
