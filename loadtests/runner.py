@@ -63,14 +63,28 @@ def infrastructure(database_url: str | None, redis_url: str | None) -> Iterator[
 
 @contextlib.contextmanager
 def served(
-    endpoints: Any, *, workers: int, backlog: int, strategy: str = "holds"
+    endpoints: Any,
+    *,
+    workers: int,
+    backlog: int,
+    strategy: str = "holds",
+    auth_cache_seconds: float | None = None,
 ) -> Iterator[Target]:
-    """A live service (uvicorn child process) with `workers` workers on `endpoints`."""
+    """A live service (uvicorn child process) with `workers` workers on `endpoints`
+    (`auth_cache_seconds`: the service's default unless given)."""
     from service.server import ServerSecrets, running_server
+    from service.settings import DEFAULT_AUTH_CACHE_SECONDS
 
     keys = ServerSecrets("loadtest-admin-" + secrets.token_hex(16), secrets.token_hex(32))
     with running_server(
-        endpoints, keys, workers=workers, backlog=backlog, booking_strategy=strategy
+        endpoints,
+        keys,
+        workers=workers,
+        backlog=backlog,
+        booking_strategy=strategy,
+        auth_cache_seconds=(
+            DEFAULT_AUTH_CACHE_SECONDS if auth_cache_seconds is None else auth_cache_seconds
+        ),
     ) as base_url:
         yield Target(base_url, endpoints.admin_url, keys.admin_key)
 

@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -68,6 +68,7 @@ from service.schemas import (
     TenantIn,
     WorkingHoursIn,
 )
+from service.settings import DEFAULT_AUTH_CACHE_SECONDS
 from service.singleflight import SingleFlight
 
 log = logging.getLogger("slotwise.service")
@@ -153,9 +154,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-MAX_AUTH_CACHE_SECONDS = 3600.0
-
-
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     app_database_url: str = field(repr=False)
@@ -165,7 +163,7 @@ class AppConfig:
     clock: Callable[[], datetime] = utc_now
     pool_min: int = 2
     pool_max: int = 16
-    auth_cache_seconds: float = 1.0
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS
     booking_strategy: BookingStrategy = "holds"  # other values: the contention study only
 
     def __post_init__(self) -> None:
@@ -173,18 +171,14 @@ class AppConfig:
             raise ValueError("the admin key must be a real secret of at least 24 characters")
         if self.booking_strategy not in STRATEGIES:
             raise ValueError(f"booking_strategy must be one of {', '.join(STRATEGIES)}")
-        if not 0 < self.auth_cache_seconds <= MAX_AUTH_CACHE_SECONDS:
-            raise ValueError(
-                "SLOTWISE_AUTH_CACHE_SECONDS (how long a revoked key may keep working) must be"
-                f" over 0 and at most {MAX_AUTH_CACHE_SECONDS}"
-            )
 
 
 # --- the caller, and the services handlers call -----------------------------------------------
 class Authenticator:
     """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
-    security-definer function; answers are cached for a second from the lookup's read, which
-    bounds how long a revoked key keeps working on another worker. Requests that find a key's
+    security-definer function; answers are cached for ``ttl`` seconds from the lookup's read
+    (`Settings.auth_cache_seconds`), which bounds how long a revoked key keeps working on
+    another worker. Requests that find a key's
     answer missing or expired at the same moment share one lookup: a burst of thousands with
     one key would otherwise send thousands of identical lookups, each a transaction.
 
@@ -398,7 +392,8 @@ async def revoke_api_key(
     key_id: FromPath[uuid.UUID],
     request: Request[Any, Any, State],
 ) -> None:
-    """Revoke a key; it stops working within the auth cache's second."""
+    """Revoke a key; it stops working within the auth cache's lifetime
+    (SLOTWISE_AUTH_CACHE_SECONDS, 1 s unless set)."""
     caller, request_id = identity(request)
     await catalog(request).revoke_key(caller, str(key_id), request_id)
     request.app.state.authenticator.forget()
@@ -1053,27 +1048,21 @@ def create_app(config: AppConfig) -> Litestar:
 
 def app_from_env() -> Litestar:
     """The app for `slotwise serve` workers, configured from the environment it sets."""
-    return create_app(config_from_env())
-
-
-def config_from_env(env: Mapping[str, str] = os.environ) -> AppConfig:
-    """A worker's configuration from `slotwise serve`'s variables; ValueError if any is bad."""
+    env = os.environ
     pool_size = int(env["SLOTWISE_POOL_SIZE"])
-    try:
-        auth_cache_seconds = float(env.get("SLOTWISE_AUTH_CACHE_SECONDS", "1"))
-    except ValueError:
-        raise ValueError("SLOTWISE_AUTH_CACHE_SECONDS must be a number of seconds") from None
-    return AppConfig(
-        app_database_url=env["SLOTWISE_APP_DATABASE_URL"],
-        redis_url=env["SLOTWISE_REDIS_URL"],
-        admin_key=env["SLOTWISE_ADMIN_KEY"],
-        hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
-        # A served worker opens its whole pool at start: one that grows during a rush
-        # connects (a backend started, a SCRAM exchange) while requests wait for it.
-        pool_min=pool_size,
-        pool_max=pool_size,
-        booking_strategy=strategy_from(env.get("SLOTWISE_BOOKING_STRATEGY", "holds")),
-        auth_cache_seconds=auth_cache_seconds,
+    return create_app(
+        AppConfig(
+            app_database_url=env["SLOTWISE_APP_DATABASE_URL"],
+            redis_url=env["SLOTWISE_REDIS_URL"],
+            admin_key=env["SLOTWISE_ADMIN_KEY"],
+            hold_secret=bytes.fromhex(env["SLOTWISE_HOLD_SECRET"]),
+            # A served worker opens its whole pool at start: one that grows during a rush
+            # connects (a backend started, a SCRAM exchange) while requests wait for it.
+            pool_min=pool_size,
+            pool_max=pool_size,
+            booking_strategy=strategy_from(env.get("SLOTWISE_BOOKING_STRATEGY", "holds")),
+            auth_cache_seconds=float(env["SLOTWISE_AUTH_CACHE_SECONDS"]),
+        )
     )
 
 

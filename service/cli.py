@@ -6,7 +6,6 @@ so `slotwise --help` stays instant and importing this module starts nothing.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -140,7 +139,6 @@ def serve_command(
     ),
 ) -> None:
     """Run the booking API (embedded PostgreSQL and Valkey unless DATABASE_URL / REDIS_URL)."""
-    from service.app import config_from_env
     from service.booking import strategy_from
     from service.infra import endpoints_for
     from service.migrate import migrate
@@ -162,9 +160,10 @@ def serve_command(
     typer.echo(f"admin key: {settings.data_dir / 'slotwise_admin_key'} (or SLOTWISE_ADMIN_KEY)")
     if booking_strategy != "holds":
         typer.echo(f"booking strategy: {booking_strategy} (a study setting, not for production)")
-    env = worker_env(endpoints, keys, booking_strategy=booking_strategy)
-    try:  # refused here, in one line, rather than by every worker as it starts
-        config_from_env({**os.environ, **env})
-    except ValueError as exc:
-        _fail(exc)
+    env = worker_env(
+        endpoints,
+        keys,
+        booking_strategy=booking_strategy,
+        auth_cache_seconds=settings.auth_cache_seconds,
+    )
     serve(host, port, workers, backlog, env)

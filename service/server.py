@@ -25,6 +25,7 @@ import httpx
 import psycopg
 
 from service.infra import Endpoints, free_port
+from service.settings import DEFAULT_AUTH_CACHE_SECONDS
 
 # A worker that dies sooner than this after starting failed to start: restarting won't help.
 WORKER_START_GRACE_S = 10.0
@@ -94,6 +95,7 @@ def worker_env(
     keys: ServerSecrets,
     pool_size: int = POOL_SIZE,
     booking_strategy: str = "holds",
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS,
 ) -> dict[str, str]:
     return {
         "SLOTWISE_APP_DATABASE_URL": endpoints.app_url,
@@ -102,6 +104,7 @@ def worker_env(
         "SLOTWISE_HOLD_SECRET": keys.hold_secret,
         "SLOTWISE_POOL_SIZE": str(pool_size),
         "SLOTWISE_BOOKING_STRATEGY": booking_strategy,
+        "SLOTWISE_AUTH_CACHE_SECONDS": repr(auth_cache_seconds),
     }
 
 
@@ -210,13 +213,17 @@ def running_server(
     backlog: int = 4096,
     pool_size: int = POOL_SIZE,
     booking_strategy: str = "holds",
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS,
     startup_timeout: float = 60.0,
 ) -> Iterator[str]:
     """A live server on a free port as a child process; yields its base URL.
 
     `booking_strategy` other than "holds" is for the contention study (`service.booking`)."""
     port = free_port()
-    env = {**os.environ, **worker_env(endpoints, keys, pool_size, booking_strategy)}
+    env = {
+        **os.environ,
+        **worker_env(endpoints, keys, pool_size, booking_strategy, auth_cache_seconds),
+    }
     argv = [sys.executable, "-m", "service.server", str(port), str(workers), str(backlog)]
     process = subprocess.Popen(argv, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -1,4 +1,4 @@
-"""Where the booking service finds PostgreSQL and Redis.
+"""Where the booking service finds PostgreSQL and Redis, and how long it trusts an API key lookup.
 
 Read once, by an explicit `load_settings()` call (never at import time), into a frozen value.
 When `DATABASE_URL` / `REDIS_URL` are set, that part is external and nothing embedded is started
@@ -20,6 +20,10 @@ DEFAULT_REDIS_PORT = 26379
 # Ports at or above 32768 fall in Linux's ephemeral range, where the kernel hands out client
 # ports; a server there can find its port taken by some outgoing connection.
 MAX_PORT = 32767
+# How long a worker trusts what it looked up about an API key: a key revoked through another
+# worker still works there that long.
+DEFAULT_AUTH_CACHE_SECONDS = 1.0
+MAX_AUTH_CACHE_SECONDS = 3600.0
 
 DATABASE_NAME = "slotwise"
 # Owns every table (NOLOGIN: migrations reach it with SET ROLE); the service logs in as the app
@@ -45,6 +49,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     pg_port: int = DEFAULT_PG_PORT
     redis_port: int = DEFAULT_REDIS_PORT
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS
 
 
 def project_root() -> Path:
@@ -93,6 +98,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         pg_port=_port(get("SLOTWISE_PG_PORT"), "SLOTWISE_PG_PORT", DEFAULT_PG_PORT),
         redis_port=_port(get("SLOTWISE_REDIS_PORT"), "SLOTWISE_REDIS_PORT", DEFAULT_REDIS_PORT),
+        auth_cache_seconds=_auth_cache_seconds(get("SLOTWISE_AUTH_CACHE_SECONDS")),
     )
 
 
@@ -115,6 +121,21 @@ def _port(raw: str | None, name: str, default: int) -> int:
     if not 1024 <= port <= MAX_PORT:
         raise SettingsError(f"{name} must be between 1024 and {MAX_PORT}, got {port}")
     return port
+
+
+def _auth_cache_seconds(raw: str | None) -> float:
+    name = "SLOTWISE_AUTH_CACHE_SECONDS"
+    if raw is None:
+        return DEFAULT_AUTH_CACHE_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < seconds <= MAX_AUTH_CACHE_SECONDS:  # also refuses nan
+        raise SettingsError(
+            f"{name} must be over 0 and at most {MAX_AUTH_CACHE_SECONDS:g}, got {raw!r}"
+        )
+    return seconds
 
 
 # --- URL helpers ---------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from typing import Any
 import duckdb
 import httpx
 import psycopg
-import pytest
 
 from loadtests import run_sustained, verifier
 from loadtests.cli import broken
@@ -113,19 +112,16 @@ def test_sustained_traffic_with_a_flash_crowd_is_answered_and_verified(
     assert stored == summary["requests"]
 
 
-def test_the_warm_up_books_through_holds_on_every_pooled_connection(
-    infra: Infra, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_warm_up_books_through_holds_on_every_pooled_connection(infra: Infra) -> None:
     """Before a burst, `warm_up` holds and confirms its slots on a tenant of its own, as the
     burst's users do: each booked from its hold, under an Idempotency-Key. Every PostgreSQL
     connection of a freshly started server has served the booking path by then."""
-    # Each worker looks the key up once: a lookup refreshing it could be the last statement a
-    # connection ran, which would hide what that connection served before.
-    monkeypatch.setenv("SLOTWISE_AUTH_CACHE_SECONDS", "3600")
     endpoints = Endpoints(infra.admin_url, infra.app_url, infra.redis_url)
     with psycopg.connect(infra.admin_url) as conn:
         (started,) = conn.execute("SELECT now()").fetchone() or (None,)
-    with served(endpoints, workers=2, backlog=128) as target:
+    # Each worker looks the key up once: a lookup refreshing it could be the last statement a
+    # connection ran, which would hide what that connection served before.
+    with served(endpoints, workers=2, backlog=128, auth_cache_seconds=3600) as target:
         scenario = warm_up(target, bookings=64, connections=8)
         with psycopg.connect(infra.admin_url) as conn:
             booked = conn.execute(

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from litestar import Litestar
 
-from service.app import AppConfig, authenticate, config_from_env, create_app
+from service.app import AppConfig, authenticate, create_app
 
 
 def app() -> Litestar:
@@ -60,33 +59,3 @@ def test_every_v1_route_and_only_those_authenticate_first() -> None:
         for handler in route.route_handlers:
             hook = handler.resolve_before_request()
             assert (hook is authenticate) == route.path.startswith("/v1/"), route.path
-
-
-@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "3601", "soon"])
-def test_an_auth_cache_lifetime_out_of_bounds_is_refused(
-    monkeypatch: pytest.MonkeyPatch, seconds: str
-) -> None:
-    """How long a revoked key keeps working on the other workers: never forever, never 0."""
-    monkeypatch.setenv("SLOTWISE_AUTH_CACHE_SECONDS", seconds)
-    with pytest.raises(ValueError):
-        config_from_served_env(monkeypatch)
-
-
-def test_the_auth_cache_lifetime_comes_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("SLOTWISE_AUTH_CACHE_SECONDS", "2.5")
-    assert config_from_served_env(monkeypatch).auth_cache_seconds == 2.5
-
-
-def config_from_served_env(monkeypatch: pytest.MonkeyPatch) -> AppConfig:
-    """`config_from_env` with the other variables `slotwise serve` sets."""
-    for name, value in {
-        "SLOTWISE_APP_DATABASE_URL": "postgresql://unused",
-        "SLOTWISE_REDIS_URL": "redis://unused",
-        "SLOTWISE_ADMIN_KEY": "admin-" + "k" * 40,
-        "SLOTWISE_HOLD_SECRET": "68" * 32,
-        "SLOTWISE_POOL_SIZE": "2",
-    }.items():
-        monkeypatch.setenv(name, value)
-    return config_from_env()

@@ -56,6 +56,11 @@ def test_repr_hides_urls() -> None:
         ({"APP_DATABASE_URL": "postgresql://a@b/c"}, "DATABASE_URL is not"),
         ({"SLOTWISE_PG_PORT": "abc"}, "must be a port number"),
         ({"SLOTWISE_REDIS_PORT": "40000"}, "between 1024 and 32767"),
+        ({"SLOTWISE_AUTH_CACHE_SECONDS": "soon"}, "must be a number of seconds, got 'soon'"),
+        ({"SLOTWISE_AUTH_CACHE_SECONDS": "0"}, "over 0 and at most 3600, got '0'"),
+        ({"SLOTWISE_AUTH_CACHE_SECONDS": "-1"}, "over 0 and at most 3600, got '-1'"),
+        ({"SLOTWISE_AUTH_CACHE_SECONDS": "nan"}, "over 0 and at most 3600, got 'nan'"),
+        ({"SLOTWISE_AUTH_CACHE_SECONDS": "3601"}, "over 0 and at most 3600, got '3601'"),
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str], message: str) -> None:
