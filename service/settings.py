@@ -8,9 +8,10 @@ for it; otherwise `service.infra` runs an embedded server under the data folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from service.valkey import Address
@@ -30,6 +31,8 @@ DATABASE_NAME = "slotwise"
 # role, which owns nothing and is not superuser, so Row Level Security applies to it.
 OWNER_ROLE = "slotwise_owner"
 APP_ROLE = "slotwise_app"
+
+N = TypeVar("N", int, float)
 
 _PG_SCHEMES = frozenset({"postgresql", "postgres"})
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -112,30 +115,48 @@ def _check_scheme(name: str, url: str, schemes: frozenset[str]) -> None:
 
 
 def _port(raw: str | None, name: str, default: int) -> int:
-    if raw is None:
-        return default
-    try:
-        port = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a port number, got {raw!r}") from None
-    if not 1024 <= port <= MAX_PORT:
-        raise SettingsError(f"{name} must be between 1024 and {MAX_PORT}, got {port}")
-    return port
+    return _number(
+        raw,
+        name,
+        default,
+        int,
+        "a port number",
+        f"between 1024 and {MAX_PORT}",
+        lambda port: 1024 <= port <= MAX_PORT,
+    )
 
 
 def _auth_cache_seconds(raw: str | None) -> float:
-    name = "SLOTWISE_AUTH_CACHE_SECONDS"
+    return _number(
+        raw,
+        "SLOTWISE_AUTH_CACHE_SECONDS",
+        DEFAULT_AUTH_CACHE_SECONDS,
+        float,
+        "a number of seconds",
+        f"over 0 and at most {MAX_AUTH_CACHE_SECONDS:g}",
+        lambda seconds: 0 < seconds <= MAX_AUTH_CACHE_SECONDS,  # also refuses nan
+    )
+
+
+def _number(
+    raw: str | None,
+    name: str,
+    default: N,
+    parse: Callable[[str], N],
+    what: str,
+    bounds: str,
+    within: Callable[[N], bool],
+) -> N:
+    """`raw` (None: `default`) parsed, or a SettingsError naming the variable and the value."""
     if raw is None:
-        return DEFAULT_AUTH_CACHE_SECONDS
+        return default
     try:
-        seconds = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not 0 < seconds <= MAX_AUTH_CACHE_SECONDS:  # also refuses nan
-        raise SettingsError(
-            f"{name} must be over 0 and at most {MAX_AUTH_CACHE_SECONDS:g}, got {raw!r}"
-        )
-    return seconds
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+    if not within(value):
+        raise SettingsError(f"{name} must be {bounds}, got {raw!r}")
+    return value
 
 
 # --- URL helpers ---------------------------------------------------------------------------------
