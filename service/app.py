@@ -178,9 +178,9 @@ class Authenticator:
     """Resolves `Authorization: Bearer` to a Caller. Keys are looked up through the database's
     security-definer function; answers are cached for ``ttl`` seconds from the lookup's read
     (`Settings.auth_cache_seconds`), which bounds how long a revoked key keeps working on
-    another worker. Requests that find a key's
-    answer missing or expired at the same moment share one lookup: a burst of thousands with
-    one key would otherwise send thousands of identical lookups, each a transaction.
+    another worker. Requests that find a key's answer missing or expired at the same moment
+    share one lookup: a burst of thousands with one key would otherwise send thousands of
+    identical lookups, each a transaction.
 
     A key in use is looked up again ahead of its answer's expiry: the first request past half
     the answer's lifetime starts the lookup and, like those after it, is answered from the
