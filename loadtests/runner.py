@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from service.settings import DEFAULT_AUTH_CACHE_SECONDS
+
 LOADTESTS = Path(__file__).resolve().parent
 RELEASE_LEAD_S = 0.5  # a barrier opens this long after it is announced: every process sees it
 SLOT = timedelta(minutes=30)
@@ -68,12 +70,10 @@ def served(
     workers: int,
     backlog: int,
     strategy: str = "holds",
-    auth_cache_seconds: float | None = None,
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS,
 ) -> Iterator[Target]:
-    """A live service (uvicorn child process) with `workers` workers on `endpoints`
-    (`auth_cache_seconds`: the service's default unless given)."""
+    """A live service (uvicorn child process) with `workers` workers on `endpoints`."""
     from service.server import ServerSecrets, running_server
-    from service.settings import DEFAULT_AUTH_CACHE_SECONDS
 
     keys = ServerSecrets("loadtest-admin-" + secrets.token_hex(16), secrets.token_hex(32))
     with running_server(
@@ -82,9 +82,7 @@ def served(
         workers=workers,
         backlog=backlog,
         booking_strategy=strategy,
-        auth_cache_seconds=(
-            DEFAULT_AUTH_CACHE_SECONDS if auth_cache_seconds is None else auth_cache_seconds
-        ),
+        auth_cache_seconds=auth_cache_seconds,
     ) as base_url:
         yield Target(base_url, endpoints.admin_url, keys.admin_key)
 
